@@ -1,0 +1,87 @@
+# The README's two commands are `make demo` and `make test`; both build the
+# virtualenv on first use. Everything else here is a developer convenience.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help:
+	@echo "make demo       run wasmxds + Envoy + an upstream on examples/ (Ctrl-C stops)"
+	@echo "make test       lint, type-check and run every test (unit and real-Envoy e2e)"
+	@echo "make protos     regenerate wasmxds/api/proto from protos/"
+	@echo "make wasm       rebuild the example header filter (needs clang and lld)"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+.PHONY: venv
+venv: $(STAMP)
+
+.PHONY: lint
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+.PHONY: fmt
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+.PHONY: typecheck
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+.PHONY: unit
+unit: $(STAMP)
+	$(BIN)/pytest tests
+
+.PHONY: e2e
+e2e: $(STAMP)
+	$(BIN)/pytest e2e
+
+.PHONY: test
+test: lint typecheck
+	$(BIN)/pytest
+
+PROTO_SRC := $(wildcard protos/wasmxds/api/proto/*.proto)
+
+.PHONY: protos
+protos: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --mypy_out=quiet:. $(PROTO_SRC)
+
+# The example filter is freestanding C written straight against the proxy-wasm
+# ABI, so clang and wasm-ld are the whole toolchain. clang finds wasm-ld on PATH;
+# set WASM_LD to the absolute path of another one if needed. Nothing
+# build-specific (paths, times, debug info, names) ends up in the module, so
+# rebuilding gives identical bytes and the committed .wasm can be checked.
+CLANG ?= clang
+WASM_LD ?=
+COMMA := ,
+WASM_FILTER_SRC := examples/header-filter/header_filter.c
+WASM_FILTER := examples/header-filter/header-filter.wasm
+WASM_CFLAGS ?= --target=wasm32 -std=c11 -Oz -ffreestanding -nostdlib \
+	-Wall -Wextra -Wpedantic -Werror
+# Only the ABI entry points the host looks up by name are exported.
+WASM_EXPORTS := proxy_abi_version_0_2_1 proxy_on_memory_allocate malloc \
+	proxy_on_context_create proxy_on_vm_start proxy_on_configure \
+	proxy_on_request_headers proxy_on_response_headers proxy_on_done proxy_on_delete
+# --stack-first puts the shadow stack below the data, so an overflow traps
+# instead of silently overwriting the configuration.
+WASM_LDFLAGS ?= -Wl,--no-entry -Wl,--strip-all -Wl,--gc-sections -Wl,--stack-first \
+	-Wl,-z,stack-size=65536 $(addprefix -Wl$(COMMA)--export=,$(WASM_EXPORTS))
+
+.PHONY: wasm
+wasm:
+	$(CLANG) $(WASM_CFLAGS) $(if $(WASM_LD),-fuse-ld=$(WASM_LD)) $(WASM_LDFLAGS) \
+		-o $(WASM_FILTER) $(WASM_FILTER_SRC)
+
+.PHONY: demo
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py

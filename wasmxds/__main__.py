@@ -1,0 +1,5 @@
+import sys
+
+from wasmxds.cli import main
+
+sys.exit(main())

@@ -1,0 +1,111 @@
+"""Validated API objects as the rest of wasmxds sees them.
+
+Everything here is immutable once built. The protobuf ``spec`` inside a
+:class:`WasmPlugin` is a mutable message by nature; treat it as read-only.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from wasmxds.api.proto import wasm_pb2
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_NAMESPACE",
+    "KIND",
+    "ObjectKey",
+    "Origin",
+    "Problem",
+    "Severity",
+    "WasmPlugin",
+]
+
+API_GROUP = "extensions.istio.io"
+API_VERSION = f"{API_GROUP}/v1alpha1"
+KIND = "WasmPlugin"
+DEFAULT_NAMESPACE = "default"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ObjectKey:
+    """Namespace and name of an object; the identity sources deduplicate on."""
+
+    namespace: str
+    name: str
+
+    @property
+    def resource_name(self) -> str:
+        """The ECDS resource name of a WasmPlugin: ``<namespace>.<name>`` (DESIGN contract)."""
+        return f"{self.namespace}.{self.name}"
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where an object came from: a file and the line its document starts on.
+
+    Objects that did not come from a file (Kubernetes) use a descriptive
+    ``path`` such as ``kubernetes:ns/name`` and ``line`` 0.
+    """
+
+    path: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}" if self.line else self.path
+
+
+class Severity(enum.StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with the input, rendered as ``path:line: message``.
+
+    ``message`` starts with the field it is about (``spec.sha256: ...``) when
+    there is one, so a reader can go straight to it.
+    """
+
+    path: str
+    line: int
+    message: str
+    severity: Severity = Severity.ERROR
+
+    def __str__(self) -> str:
+        prefix = "warning: " if self.severity is Severity.WARNING else ""
+        return f"{self.path}:{self.line}: {prefix}{self.message}"
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity is Severity.ERROR
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class WasmPlugin:
+    """A WasmPlugin that passed schema and semantic validation.
+
+    ``fingerprint`` is a content hash of the whole object (metadata and spec,
+    not status). It changes exactly when the object changes, which is what
+    ``imagePullPolicy: Always`` keys re-pulls on (Istio uses
+    ``metadata.resourceVersion`` for this; files have none).
+    """
+
+    key: ObjectKey
+    spec: wasm_pb2.WasmPlugin
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    resource_version: str
+    generation: int
+    creation_timestamp: str
+    origin: Origin
+    fingerprint: str
+
+    @property
+    def resource_name(self) -> str:
+        return self.key.resource_name

@@ -1,0 +1,1 @@
+"""Wasm modules: fetch (http, file; oci in its own package), verify, and cache by content."""

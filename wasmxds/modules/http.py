@@ -1,0 +1,402 @@
+"""Download http(s) modules with Istio's retry rules, a hard size cap, and the SSRF guard.
+
+Parity with Istio's ``HTTPFetcher``: up to 5 attempts with exponential backoff
+from 500 ms, retrying transport errors and 5xx except 501, 505 and 511; a 15 s
+per-request timeout; gzip/tar unboxing; the sha256 of the *unboxed* bytes is
+what ``spec.sha256`` is checked against. Differences, all in the failing-clearly
+direction: the size cap raises instead of truncating, the body is streamed and
+refused as soon as it passes the cap (or up front from Content-Length), and
+every failure says whether a later retry could help (``FetchError.retryable``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import re
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+from urllib.parse import urlsplit
+
+import httpx
+import structlog
+
+from wasmxds import __version__
+from wasmxds.errors import (
+    BlockedAddressError,
+    ChecksumMismatchError,
+    FetchError,
+    ModuleTooLargeError,
+    NotWasmError,
+    SettingsError,
+)
+from wasmxds.modules.backoff import Backoff
+from wasmxds.modules.ssrf import AddressGuard, AddressResolver, GuardedTransport, IPNetwork
+from wasmxds.modules.types import ModuleRequest
+from wasmxds.modules.unbox import is_wasm, unbox
+
+__all__ = ["DEFAULT_FETCH_BACKOFF", "DEFAULT_MAX_SIZE", "FetcherSettings", "HttpFetcher"]
+
+log = structlog.get_logger(__name__)
+
+# Istio's ISTIO_WASM_MAX_BINARY_SIZE_BYTES default.
+DEFAULT_MAX_SIZE = 256 * 1024 * 1024
+
+# Istio starts at 500 ms; 5 tries then wait 0.5 + 1 + 2 + 4 s (±20%) at most.
+DEFAULT_FETCH_BACKOFF = Backoff(initial=0.5, factor=2.0, max=8.0, jitter=0.2)
+
+# Retried within one fetch, as Istio does: the server says the fault is its own
+# and transient. 501/505/511 are 5xx that no amount of retrying changes.
+_PERMANENT_5XX = frozenset({501, 505, 511})
+# Not retried within the fetch, but worth retrying later: the module may not be
+# published yet (404), access may be granted (401/403), or the server asked us
+# to slow down (408/425/429). Every other status is a configuration problem
+# that needs a human (400, 405, 410, 501, an unfollowable 3xx...).
+_LATER_4XX = frozenset({401, 403, 404, 408, 425, 429})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Encodings we can undo with a bounded decoder: gzip bodies go through unbox().
+_ACCEPTED_ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip"})
+_USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
+
+
+def _retry_now(status: int) -> bool:
+    return 500 <= status <= 599 and status not in _PERMANENT_5XX
+
+
+def _retry_later(status: int) -> bool:
+    return _retry_now(status) or status in _LATER_4XX
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetcherSettings:
+    """How module downloads behave; the defaults follow Istio's agent where it has one.
+
+    ``total_timeout`` bounds one ``fetch()`` including its retries, so a server
+    that trickles bytes cannot hold a download slot forever (Istio uses 30 s,
+    too short for a large module on a slow link). ``insecure_hosts`` holds
+    ``host`` (any port) or ``host:port`` entries, or ``*``, for which TLS is not
+    verified. ``ca_file`` is trusted in addition to the system store, so private
+    and public module hosts work side by side. ``blocked_cidrs`` extends the SSRF
+    guard (Istio's ``BLOCKED_CIDRS_IN_WASM_FETCH``).
+    """
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 15.0
+    total_timeout: float | None = 300.0
+    tries: int = 5
+    backoff: Backoff = DEFAULT_FETCH_BACKOFF
+    max_size: int = DEFAULT_MAX_SIZE
+    max_redirects: int = 10
+    ca_file: Path | None = None
+    insecure_hosts: frozenset[str] = frozenset()
+    blocked_cidrs: tuple[str | IPNetwork, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.tries < 1:
+            raise SettingsError(f"fetch tries must be at least 1, got {self.tries}")
+        if self.max_size < 1:
+            raise SettingsError(f"maximum module size must be positive, got {self.max_size}")
+
+
+class HttpFetcher:
+    """Fetches http(s) modules and returns verified, unboxed Wasm bytes.
+
+    ``address_resolver`` replaces the system's name resolution (tests use it to
+    point a name at a metadata address); it defaults to the event loop's getaddrinfo.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: FetcherSettings | None = None,
+        address_resolver: AddressResolver | None = None,
+    ) -> None:
+        self._settings = settings or FetcherSettings()
+        guard = AddressGuard(self._settings.blocked_cidrs)
+        insecure = _InsecureHosts(self._settings.insecure_hosts)
+        verified = GuardedTransport(
+            guard=guard,
+            ssl_context=_verifying_context(self._settings.ca_file),
+            resolver=address_resolver,
+        )
+        unverified = (
+            GuardedTransport(
+                guard=guard, ssl_context=_trusting_context(), resolver=address_resolver
+            )
+            if insecure
+            else None
+        )
+        self._client = httpx.AsyncClient(
+            transport=_TlsRouter(verified, unverified, insecure),
+            timeout=httpx.Timeout(
+                self._settings.read_timeout, connect=self._settings.connect_timeout
+            ),
+            follow_redirects=True,
+            max_redirects=self._settings.max_redirects,
+            # No proxies or .netrc from the environment: they bypass the guard or add secrets.
+            trust_env=False,
+            headers={"User-Agent": f"wasmxds/{__version__}", "Accept-Encoding": "gzip"},
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def fetch(self, request: ModuleRequest) -> bytes:
+        """Download, unbox and verify the module; raise a :class:`ModuleError` subclass if not."""
+        shown = request.display_url
+        total = self._settings.total_timeout
+        try:
+            async with asyncio.timeout(total):
+                body = await self._download(request.url, shown)
+        except TimeoutError as exc:
+            if total is None:
+                raise  # not our deadline
+            raise FetchError(f"{shown}: download did not finish within {total:g} s") from exc
+        # Inflating and hashing up to max_size bytes would stall every xDS stream
+        # sharing the event loop; zlib and hashlib release the GIL, so a worker helps.
+        return await asyncio.to_thread(self._verify, body, request)
+
+    async def _download(self, url: str, shown: str) -> bytes:
+        tries = self._settings.tries
+        for attempt in range(1, tries + 1):
+            try:
+                return await self._get(url, shown)
+            except _TryAgain as again:
+                failure = again
+                log.debug("module.fetch_retry", url=shown, attempt=attempt, error=again.detail)
+                if attempt < tries:
+                    await asyncio.sleep(self._settings.backoff.delay(attempt))
+        noun = "attempt" if tries == 1 else "attempts"
+        raise FetchError(
+            f"{shown}: download failed after {tries} {noun}: {failure.detail}"
+        ) from failure.__cause__
+
+    async def _get(self, url: str, shown: str) -> bytes:
+        """One GET; raises _TryAgain for failures Istio retries at once, else a ModuleError."""
+        try:
+            async with self._client.stream("GET", url) as response:
+                return await self._read_body(response, shown)
+        except BlockedAddressError as exc:
+            raise BlockedAddressError(f"{shown}: {exc}") from exc
+        except httpx.TooManyRedirects as exc:
+            raise FetchError(
+                f"{shown}: more than {self._settings.max_redirects} redirects", retryable=False
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise _TryAgain(self._describe_timeout(exc)) from exc
+        except httpx.UnsupportedProtocol as exc:
+            raise FetchError(f"{shown}: {_scrub(str(exc))}", retryable=False) from exc
+        except httpx.TransportError as exc:
+            reason = _tls_verification_failure(exc)
+            if reason is not None:
+                # Retrying within seconds cannot fix a certificate; a later retry might.
+                raise FetchError(
+                    f"{shown}: TLS certificate verification failed ({reason}); trust the"
+                    " server's CA with a CA file or list the host as an insecure registry"
+                ) from exc
+            raise _TryAgain(_describe(exc)) from exc
+        except httpx.HTTPError as exc:
+            raise FetchError(f"{shown}: {_describe(exc)}", retryable=False) from exc
+        except httpx.InvalidURL as exc:
+            raise FetchError(f"{shown}: invalid URL: {_scrub(str(exc))}", retryable=False) from exc
+
+    async def _read_body(self, response: httpx.Response, shown: str) -> bytes:
+        status = response.status_code
+        if status != httpx.codes.OK:
+            detail = f"HTTP {status} {response.reason_phrase}".rstrip()
+            if _retry_now(status):
+                raise _TryAgain(detail)
+            raise FetchError(f"{shown}: {detail}", retryable=_retry_later(status))
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding not in _ACCEPTED_ENCODINGS:
+            raise FetchError(
+                f"{shown}: server sent unsupported Content-Encoding {encoding!r}", retryable=False
+            )
+        limit = self._settings.max_size
+        declared = _content_length(response)
+        if declared is not None and declared > limit:
+            raise ModuleTooLargeError(
+                f"{shown}: server announces {declared} bytes, over the {limit}-byte limit"
+            )
+        body = bytearray()
+        # Raw bytes: httpx's own gzip decoding is unbounded; unbox() inflates with a cap.
+        async for chunk in response.aiter_raw():
+            body += chunk
+            if len(body) > limit:
+                raise ModuleTooLargeError(f"{shown}: body exceeds the {limit}-byte limit")
+        return bytes(body)
+
+    def _verify(self, body: bytes, request: ModuleRequest) -> bytes:
+        shown = request.display_url
+        try:
+            data = unbox(body, max_size=self._settings.max_size)
+        except ModuleTooLargeError as exc:
+            raise ModuleTooLargeError(f"{shown}: {exc}") from exc
+        if not is_wasm(data):
+            raise NotWasmError(
+                f"{shown}: the {len(body)} bytes downloaded are not a Wasm module"
+                f" (they start with {body[:8]!r}, not b'\\x00asm')"
+            )
+        if request.sha256:
+            actual = hashlib.sha256(data).hexdigest()
+            expected = request.sha256.strip().lower()
+            if actual != expected:
+                raise ChecksumMismatchError(
+                    f"{shown}: module has sha256 {actual}, but the plugin expects {expected}"
+                )
+        return data
+
+    def _describe_timeout(self, exc: httpx.TimeoutException) -> str:
+        if isinstance(exc, httpx.ConnectTimeout):
+            return f"connecting timed out after {self._settings.connect_timeout:g} s"
+        if isinstance(exc, httpx.ReadTimeout):
+            return f"no data for {self._settings.read_timeout:g} s (read timeout)"
+        return _describe(exc)
+
+
+class _TryAgain(Exception):
+    """One attempt failed in a way Istio retries at once; internal to this module."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def _describe(exc: Exception) -> str:
+    message = _scrub(str(exc))
+    name = type(exc).__name__
+    return f"{name}: {message}" if message else name
+
+
+def _scrub(message: str) -> str:
+    """Drop any ``user:password@`` a library put in a message (a redirect target, say)."""
+    return _USERINFO.sub("", message)
+
+
+def _tls_verification_failure(exc: BaseException) -> str | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return str(seen.verify_message or seen.reason or "certificate rejected")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None  # malformed: the streaming cap still applies
+
+
+def _verifying_context(ca_file: Path | None) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(f"cannot load CA file {ca_file}: {exc}") from exc
+    return context
+
+
+def _trusting_context() -> ssl.SSLContext:
+    # Only used for hosts the operator explicitly listed as insecure registries.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class _InsecureHosts:
+    """Hosts whose TLS certificates are not verified (``--insecure-registry``).
+
+    Istio compares the entry with the URL's ``host[:port]`` verbatim; here a bare
+    ``host`` covers every port of that host, and ``host:port`` also matches a URL
+    that leaves the scheme's default port implicit.
+    """
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self._everything = False
+        self._hosts: set[str] = set()
+        self._host_ports: set[tuple[str, int]] = set()
+        for entry in entries:
+            host, port = _parse_host(entry)
+            if host == "*":
+                self._everything = True
+            elif port is None:
+                self._hosts.add(host)
+            else:
+                self._host_ports.add((host, port))
+
+    def __bool__(self) -> bool:
+        return self._everything or bool(self._hosts) or bool(self._host_ports)
+
+    def matches(self, url: httpx.URL) -> bool:
+        if self._everything or url.host in self._hosts:
+            return True
+        port = url.port or _DEFAULT_PORTS.get(url.scheme)
+        return port is not None and (url.host, port) in self._host_ports
+
+
+def _parse_host(entry: str) -> tuple[str, int | None]:
+    text = entry.strip().lower()
+    if text == "*":
+        return "*", None
+    if text.count(":") > 1 and not text.startswith("["):
+        # Only a bare IPv6 address has several colons and no brackets.
+        try:
+            return str(ipaddress.IPv6Address(text)), None
+        except ValueError as exc:
+            raise SettingsError(f"insecure registry {entry!r} is not HOST or HOST:PORT") from exc
+    try:
+        parts = urlsplit(f"//{text}")
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise SettingsError(f"insecure registry {entry!r} is not HOST or HOST:PORT") from exc
+    if not host:
+        raise SettingsError(f"insecure registry {entry!r} is not HOST or HOST:PORT")
+    return host, port
+
+
+class _TlsRouter(httpx.AsyncBaseTransport):
+    """Sends each request (redirect hops included) to the verifying or the trusting pool."""
+
+    def __init__(
+        self,
+        verified: GuardedTransport,
+        unverified: GuardedTransport | None,
+        insecure: _InsecureHosts,
+    ) -> None:
+        self._verified = verified
+        self._unverified = unverified
+        self._insecure = insecure
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        transport = self._verified
+        if self._unverified is not None and self._insecure.matches(request.url):
+            transport = self._unverified
+        return await transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._verified.aclose()
+        if self._unverified is not None:
+            await self._unverified.aclose()

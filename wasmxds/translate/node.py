@@ -1,0 +1,72 @@
+"""Who a proxy is, as far as plugin targeting is concerned (DESIGN "Node identity")."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
+
+__all__ = ["DEFAULT_NODE_NAMESPACE", "NodeInfo", "node_info_from_metadata", "node_info_from_proto"]
+
+DEFAULT_NODE_NAMESPACE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A proxy's identity: its id, namespace and labels.
+
+    ``class_key`` groups proxies that must receive identical resources;
+    everything computed per node is computed once per class and shared.
+    """
+
+    id: str
+    namespace: str = DEFAULT_NODE_NAMESPACE
+    labels: Mapping[str, str] = field(default_factory=dict)
+    cluster: str = ""
+    class_key: tuple[str, tuple[tuple[str, str], ...]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_key", (self.namespace, tuple(sorted(self.labels.items()))))
+
+
+def _first(metadata: Mapping[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if key in metadata:
+            return metadata[key]
+    return None
+
+
+def _labels(raw: Any) -> dict[str, str]:
+    # Istio sends LABELS as a struct; some bootstraps carry it as a JSON string.
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return {}
+    if not isinstance(raw, Mapping):
+        return {}
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+
+
+def node_info_from_metadata(
+    node_id: str, metadata: Mapping[str, Any], *, cluster: str = ""
+) -> NodeInfo:
+    """Build a :class:`NodeInfo` from node metadata already converted to Python values.
+
+    Namespace comes from ``NAMESPACE`` or ``namespace``, labels from ``LABELS``
+    or ``labels`` (the Istio names first, so Istio bootstraps work unchanged).
+    """
+    namespace = _first(metadata, "NAMESPACE", "namespace")
+    if not isinstance(namespace, str) or not namespace:
+        namespace = DEFAULT_NODE_NAMESPACE
+    labels = _labels(_first(metadata, "LABELS", "labels"))
+    return NodeInfo(id=node_id, namespace=namespace, labels=labels, cluster=cluster)
+
+
+def node_info_from_proto(node: Any) -> NodeInfo:
+    """From an ``envoy.config.core.v3.Node``."""
+    metadata = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+    return node_info_from_metadata(node.id, metadata, cluster=node.cluster)
