@@ -255,3 +255,17 @@ async def test_envoy_keeps_filter_while_wasmxds_is_down_and_follows_after_restar
         async with running_wasmxds([s.config_dir], tmp_path / "cache", xds_port=xds_port) as again:
             s.wasmxds = again
             await s.eventually(lambda r: r.headers.get(HEADER) == "after", timeout=40.0)
+
+
+async def test_sigterm_closes_streams_and_exits_zero(tmp_path, upstream, modules):
+    """SIGTERM stops wasmxds in order and exits 0; Envoy keeps serving its filter."""
+    url = modules.url("header-filter.wasm")
+    config = {"response_headers": {HEADER: "kept"}}
+    files = {"plugin.yaml": plugin_yaml("header-filter", url, config)}
+    async with stack(tmp_path, upstream, files) as s:
+        await s.eventually(lambda r: r.headers.get(HEADER) == "kept")
+        assert await s.wasmxds.stop(signal.SIGTERM) == 0
+        names = [event["event"] for event in s.wasmxds.events]
+        assert names.index("service.stopping") < names.index("xds.disconnected")
+        assert names[-1] == "service.stopped"
+        assert (await s.get()).headers.get(HEADER) == "kept"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import os
 import shutil
@@ -12,34 +11,12 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import structlog
 
 from wasmxds.api.files import is_config_file
-
-
-def _load_validate() -> ModuleType:
-    """The validate command module.
-
-    ``wasmxds.cli`` imports every command, ``serve`` included; while that one
-    cannot be imported, load this module from its file so its own tests run.
-    """
-    try:
-        from wasmxds.cli import validate as module
-    except Exception:
-        path = Path(__file__).resolve().parents[1] / "wasmxds" / "cli" / "validate.py"
-        spec = importlib.util.spec_from_file_location("_wasmxds_cli_validate", path)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses looks the module up while it loads
-        spec.loader.exec_module(module)
-    return module
-
-
-validate = _load_validate()
+from wasmxds.cli import main, validate
 
 DATA = Path(__file__).parent / "api" / "data"
 VALID = (
@@ -73,15 +50,6 @@ def run_validate(*argv: str) -> int:
     args = parser.parse_args(["validate", *argv])
     result: int = args.run(args)
     return result
-
-
-def cli_main_or_skip() -> object:
-    """``wasmxds.cli.main`` if the whole CLI imports (it also loads ``serve``), else skip."""
-    try:
-        from wasmxds.cli import main
-    except Exception as exc:
-        pytest.skip(f"wasmxds.cli does not import yet: {exc!r}")
-    return main
 
 
 @pytest.fixture(autouse=True)
@@ -323,13 +291,11 @@ class TestOptions:
 class TestEntryPoint:
     def test_main_runs_validate(self, valid_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """``wasmxds.cli.main(["validate", ...])`` dispatches to this command."""
-        main = cli_main_or_skip()
-        assert main(["validate", str(valid_dir)]) == 0  # type: ignore[operator]
+        assert main(["validate", str(valid_dir)]) == 0
         assert capsys.readouterr().err == "4 files, 4 plugins, 0 errors, 0 warnings\n"
 
     def test_python_dash_m(self, valid_dir: Path) -> None:
         """``python -m wasmxds validate`` works as a real process, with exit codes 0 and 1."""
-        cli_main_or_skip()
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         ok = subprocess.run(
             [sys.executable, "-m", "wasmxds", "validate", str(valid_dir)],

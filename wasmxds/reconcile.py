@@ -14,14 +14,14 @@ A plugin whose module is not settled yet is never referenced half-ready:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
 from wasmxds.api.objects import ObjectKey, Problem, WasmPlugin
 from wasmxds.api.proto import wasm_pb2
-from wasmxds.modules.resolver import ModuleResolver
 from wasmxds.modules.types import (
     Failed,
     ModuleOutcome,
@@ -33,9 +33,17 @@ from wasmxds.sources.state import SourceState
 from wasmxds.translate.plugins import Delivery, PluginResources, plugin_resources
 from wasmxds.xds.snapshot import Snapshot, build_snapshot
 
-__all__ = ["PluginStatus", "Reconciler", "module_request"]
+__all__ = ["ModuleSource", "PluginStatus", "Reconciler", "module_request"]
 
 log = structlog.get_logger(__name__)
+
+
+class ModuleSource(Protocol):
+    """What reconcile needs from the module stage (a :class:`ModuleResolver` in production)."""
+
+    def resolve(self, request: ModuleRequest) -> ModuleOutcome: ...
+
+    def retain(self, requests: Iterable[ModuleRequest]) -> None: ...
 
 
 def _with_scheme(url: str) -> str:
@@ -82,7 +90,7 @@ class Reconciler:
         self,
         *,
         sources: Sequence[Callable[[], SourceState]],
-        resolver: ModuleResolver,
+        resolver: ModuleSource,
         delivery: Delivery,
         runtime: str,
         publish: Callable[[Snapshot], int],

@@ -28,7 +28,7 @@ from wasmxds.errors import (
 from wasmxds.modules.backoff import Backoff
 from wasmxds.modules.http import FetcherSettings, HttpFetcher
 from wasmxds.modules.ssrf import AddressResolver
-from wasmxds.modules.types import ModuleRequest
+from wasmxds.modules.types import ModuleRequest, redact_url
 
 LIMIT = 64 * 1024
 FAST = FetcherSettings(
@@ -539,3 +539,20 @@ async def test_credentials_never_appear_in_errors(
         assert "s3cret" not in text, url
         assert "hunter2" not in text, url
         assert "127.0.0.1" in text or "169.254" in text or "[::1" in text
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:secret@h/m.wasm", "https://h/m.wasm"),
+        (
+            "https://bucket.s3/m.wasm?X-Amz-Signature=abc&X-Amz-Expires=60",
+            "https://bucket.s3/m.wasm?X-Amz-Signature=REDACTED&X-Amz-Expires=REDACTED",
+        ),
+        ("https://h/m.wasm", "https://h/m.wasm"),
+        ("http://[::1/x?token=t", "http://[::1/x?token=REDACTED"),
+    ],
+)
+def test_redact_url_hides_userinfo_and_query_values(url: str, shown: str) -> None:
+    """Credentials in userinfo or in a signed URL's query never reach logs or errors."""
+    assert redact_url(url) == shown

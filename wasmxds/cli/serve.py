@@ -133,6 +133,9 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
             f"--module-delivery {delivery.value} is not available yet; use 'local' "
             "(Envoy reads modules from the shared cache directory)"
         )
+    for directory in args.config_dir:
+        if not directory.is_dir():
+            raise SettingsError(f"--config-dir {directory}: not a directory")
     return ServeSettings(
         config_dirs=tuple(args.config_dir),
         xds_address=parse_host_port(args.xds_address),

@@ -111,14 +111,19 @@ ModuleOutcome = Ready | Failed | Pending
 
 
 def redact_url(url: str) -> str:
-    """Drop the userinfo part of a URL so credentials never reach logs or errors."""
+    """The URL without secrets, safe for logs, errors, metrics and debug pages.
+
+    Userinfo is dropped, and query values are masked: signed download URLs
+    (S3, GCS, Azure SAS) carry their credentials in the query string.
+    """
     try:
         parts = urlsplit(url)
     except ValueError:
         # Malformed (an unclosed IPv6 bracket, say): this runs on error paths, so it
         # must not raise; cut anything between "//" and the authority's last "@".
-        return re.sub(r"(?<=//)[^/?#]*@", "", url)
-    if "@" not in parts.netloc:
+        return re.sub(r"=[^&#]*", "=REDACTED", re.sub(r"(?<=//)[^/?#]*@", "", url))
+    netloc = parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
+    query = re.sub(r"=[^&]*", "=REDACTED", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=host))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import structlog
 import watchfiles
 
-from wasmxds.api.files import is_config_file
+from wasmxds.api.files import is_config_file, iter_config_files
 from wasmxds.api.objects import ObjectKey, Problem, Severity, WasmPlugin
 from wasmxds.api.parse import parse_bytes
 from wasmxds.sources.state import SourceState
@@ -56,11 +55,7 @@ def _watch_filter(change: watchfiles.Change, path: str) -> bool:
 
 
 def _walk(root: Path) -> list[Path]:
-    found: list[Path] = []
-    for directory, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        found.extend(Path(directory, name) for name in sorted(files))
-    return [path for path in found if is_config_file(path)]
+    return list(iter_config_files(root))
 
 
 def _read(path: Path) -> bytes | None:
