@@ -71,7 +71,8 @@ WASM_CFLAGS ?= --target=wasm32 -std=c11 -Oz -ffreestanding -nostdlib \
 # Only the ABI entry points the host looks up by name are exported.
 WASM_EXPORTS := proxy_abi_version_0_2_1 proxy_on_memory_allocate malloc \
 	proxy_on_context_create proxy_on_vm_start proxy_on_configure \
-	proxy_on_request_headers proxy_on_response_headers proxy_on_done proxy_on_delete
+	proxy_on_request_headers proxy_on_response_headers \
+	proxy_on_new_connection proxy_on_downstream_data proxy_on_done proxy_on_delete
 # --stack-first puts the shadow stack below the data, so an overflow traps
 # instead of silently overwriting the configuration.
 WASM_LDFLAGS ?= -Wl,--no-entry -Wl,--strip-all -Wl,--gc-sections -Wl,--stack-first \
@@ -85,3 +86,7 @@ wasm:
 .PHONY: demo
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
+
+.PHONY: envoy-configs
+envoy-configs: $(STAMP)
+	$(BIN)/python -m scripts.envoy_configs

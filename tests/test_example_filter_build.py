@@ -28,13 +28,17 @@ EXPECTED_EXPORTS = {
     "proxy_on_configure": "(i32, i32) -> i32",
     "proxy_on_request_headers": "(i32, i32, i32) -> i32",
     "proxy_on_response_headers": "(i32, i32, i32) -> i32",
+    "proxy_on_new_connection": "(i32) -> i32",
+    "proxy_on_downstream_data": "(i32, i32, i32) -> i32",
     "proxy_on_done": "(i32) -> i32",
     "proxy_on_delete": "(i32) -> nil",
 }
 EXPECTED_IMPORTS = {
     "env.proxy_log": "(i32, i32, i32) -> i32",
     "env.proxy_get_buffer_bytes": "(i32, i32, i32, i32, i32) -> i32",
+    "env.proxy_set_buffer_bytes": "(i32, i32, i32, i32, i32) -> i32",
     "env.proxy_add_header_map_value": "(i32, i32, i32, i32, i32) -> i32",
+    "env.proxy_close_stream": "(i32) -> i32",
 }
 
 
@@ -72,7 +76,7 @@ def test_exports_are_the_abi_entry_points():
 
 
 def test_imports_are_only_proxy_wasm_host_functions():
-    """The module needs nothing but three proxy-wasm host functions (no WASI, no libc)."""
+    """The module needs nothing but five proxy-wasm host functions (no WASI, no libc)."""
     _, imports = _signatures()
     assert imports == EXPECTED_IMPORTS
 

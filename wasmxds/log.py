@@ -13,6 +13,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
 
+def _stderr_logger(*args: object) -> structlog.PrintLogger:
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
     """Configure structlog for the whole process (idempotent)."""
     renderer: structlog.typing.Processor
@@ -29,6 +33,8 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # Look sys.stderr up per logger, not once: whoever replaces it later
+        # (a test runner's capture, a daemon manager) still gets the lines.
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )

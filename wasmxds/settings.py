@@ -120,14 +120,62 @@ class ServeSettings:
     module_delivery: ModuleDelivery = ModuleDelivery.LOCAL
     """How Envoy gets module bytes; see :class:`ModuleDelivery`."""
 
+    module_base_url: str | None = None
+    """With ``remote`` delivery: wasmxds's admin address as proxies reach it (http://host:port)."""
+
+    inline_max_size: int = 1 << 20
+    """With ``inline`` delivery: the largest module sent inside a resource."""
+
     max_module_size: int = 256 << 20
     """Largest module (after unpacking) wasmxds accepts; bigger ones fail clearly."""
+
+    initial_fetch_wait: float = 30.0
+    """At start-up, how long the first push waits for module fetches still under way."""
 
     fetch_retry_max: float = 60.0
     """Longest wait between background retries of a failed module fetch."""
 
+    registry_ca: Path | None = None
+    """Extra CA certificates (PEM) trusted for registries and module hosts, besides the system's."""
+
+    repull_interval: float | None = None
+    """Re-check the tags of ``imagePullPolicy: Always`` OCI modules this often (off when None)."""
+
+    module_expiry: float = 24 * 3600.0
+    """Delete cached modules no snapshot referenced for this long (Istio's WASM_MODULE_EXPIRY)."""
+
+    cache_max_bytes: int | None = None
+    """Evict least recently used modules beyond this cache size (unlimited when None)."""
+
+    max_parallel_pulls: int = 4
+    """How many module downloads run at once."""
+
     wasm_runtime: str = "envoy.wasm.runtime.v8"
     """The Wasm runtime named in every generated filter."""
+
+    listener_dirs: tuple[Path, ...] = ()
+    """Listener mode: directories of ListenerTemplate/ClusterTemplate YAML served over LDS/CDS."""
+
+    tls_cert: Path | None = None
+    """Certificate chain for TLS on the xDS port (with ``tls_key``)."""
+
+    tls_key: Path | None = None
+    """Private key for ``tls_cert``."""
+
+    client_ca: Path | None = None
+    """With TLS: only clients presenting a certificate signed by this CA get a stream."""
+
+    kubernetes: bool = False
+    """Also read WasmPlugins (and the pull secrets they name) from a Kubernetes API server."""
+
+    kubeconfig: Path | None = None
+    """With ``kubernetes``: the kubeconfig file to use; None means in-cluster config."""
+
+    namespaces: tuple[str, ...] = ()
+    """With ``kubernetes``: watch only these namespaces (all of them when empty)."""
+
+    write_status: bool = False
+    """With ``kubernetes``: write a ``Ready`` condition into each WasmPlugin's status."""
 
     log_level: str = "info"
     log_format: str = "text"

@@ -1,5 +1,7 @@
 /*
- * header_filter.c - wasmxds's example proxy-wasm HTTP filter.
+ * header_filter.c - wasmxds's example proxy-wasm filter, usable both as an HTTP
+ * filter (envoy.filters.http.wasm) and as a network (L4) filter
+ * (envoy.filters.network.wasm) from the same module and configuration.
  *
  * Configuration: the plugin configuration buffer (in Envoy,
  * PluginConfig.configuration as a google.protobuf.StringValue) holds a JSON
@@ -10,17 +12,27 @@
  *     "response_headers": {"x-c": true},           appended to the response
  *     "config_header": "x-config",                 response header carrying the
  *                                                  configuration verbatim
+ *     "tcp_prefix": "HELLO ",                      network: bytes inserted once
+ *                                                  at the start of the
+ *                                                  downstream->upstream stream
+ *     "tcp_deny": true,                            network: close every new
+ *                                                  connection
  *     "first-header": "some-value"                 any other key with a string,
  *   }                                              number or boolean value is a
  *                                                  response header too
  *
  * Numbers and booleans become their JSON text as written ("2", "true"). Other
  * keys whose value is null, an object or an array are ignored, so the flat
- * configuration of Maistra's "header-append" filter works unchanged. Anything
- * else (broken JSON, a non-object document, a non-object header section, a
- * header value that is null/object/array, an invalid header name or value,
- * exceeded limits) makes proxy_on_configure return false, which is how the
- * host learns to reject the configuration; the reason is logged at error level.
+ * configuration of Maistra's "header-append" filter works unchanged. Top-level
+ * keys starting with "tcp_" (in any case) are reserved for network options and
+ * never become headers; an unknown one is an error. HTTP streams ignore the
+ * network options and connections ignore the header options, so one
+ * configuration can serve both filter types. Anything else (broken JSON, a
+ * non-object document, a non-object header section, a header value that is
+ * null/object/array, an invalid header name or value, a mistyped network
+ * option, exceeded limits) makes proxy_on_configure return false, which is how
+ * the host learns to reject the configuration; the reason is logged at error
+ * level.
  *
  * ABI choices (proxy-wasm v0.2.1, written directly against the host imports,
  * no SDK and no libc, so the module is small and has no WASI imports):
@@ -28,14 +40,20 @@
  * - Every proxy_on_* callback is optional per the spec, so only the ones this
  *   filter needs are exported (see WASM_EXPORTS in the Makefile). proxy_on_log
  *   is deliberately absent: the host skips callbacks a module does not export,
- *   which saves a VM crossing per request.
+ *   which saves a VM crossing per request. For network filters only
+ *   proxy_on_new_connection (tcp_deny) and proxy_on_downstream_data
+ *   (tcp_prefix) are exported; the upstream-data and connection-close
+ *   callbacks are not needed (Envoy still runs proxy_on_done/proxy_on_delete
+ *   when the downstream connection closes). An HTTP filter never calls the
+ *   network callbacks and a network filter never calls the header ones.
  * - Both proxy_on_memory_allocate (the spec's name) and malloc (the deprecated
  *   name that proxy-wasm-cpp-host, and so Envoy, looks up first) are exported
  *   and share one allocator.
  * - One VM can host several root contexts: Envoy keys root contexts by plugin
  *   configuration, so two filters loading this module with different
  *   configurations share a VM. Configuration therefore lives per root context
- *   and each HTTP context remembers its parent root context id.
+ *   and each HTTP stream or TCP connection context remembers its parent root
+ *   context id.
  * - The host copies the configuration into memory obtained from our allocator;
  *   it is parsed into one module-owned block per root context and then freed.
  *   The allocator reuses freed blocks of the same size class, so reloading a
@@ -58,14 +76,18 @@ typedef uint32_t u32;
 HOST(proxy_log) u32 proxy_log(u32 level, const char *msg, size_t size);
 HOST(proxy_get_buffer_bytes)
 u32 proxy_get_buffer_bytes(u32 buffer, size_t start, size_t max_size, u8 **data, size_t *size);
+HOST(proxy_set_buffer_bytes)
+u32 proxy_set_buffer_bytes(u32 buffer, size_t start, size_t length, const u8 *data, size_t size);
 HOST(proxy_add_header_map_value)
 u32 proxy_add_header_map_value(u32 map, const u8 *key, size_t key_size, const u8 *value,
                                size_t value_size);
+HOST(proxy_close_stream) u32 proxy_close_stream(u32 stream);
 
 enum { LOG_INFO = 2, LOG_WARN = 3, LOG_ERROR = 4 };
-enum { BUFFER_PLUGIN_CONFIGURATION = 7 };
+enum { BUFFER_DOWNSTREAM_DATA = 2, BUFFER_PLUGIN_CONFIGURATION = 7 };
 enum { MAP_REQUEST_HEADERS = 0, MAP_RESPONSE_HEADERS = 2 };
-enum { ACTION_CONTINUE = 0 };
+enum { STREAM_DOWNSTREAM = 2 };
+enum { ACTION_CONTINUE = 0, ACTION_PAUSE = 1 };
 
 /* ---- limits: configure fails cleanly instead of overflowing ------------- */
 
@@ -73,6 +95,7 @@ enum { ACTION_CONTINUE = 0 };
 #define MAX_HEADERS 64u        /* per direction */
 #define MAX_NAME_LEN 256u      /* decoded header name */
 #define MAX_VALUE_LEN 8192u    /* decoded header value, also caps config_header */
+#define MAX_TCP_PREFIX 4096u   /* decoded tcp_prefix bytes */
 #define MAX_DEPTH 32u          /* JSON nesting; the validator recurses */
 
 /* ---- freestanding helpers ---------------------------------------------- */
@@ -489,8 +512,8 @@ struct entry_list {
 /* Pass-one result: spans into the host's buffer. */
 static struct {
     struct entry_list request, response;
-    bool has_config_header;
-    struct span config_header;
+    bool has_config_header, has_tcp_prefix, tcp_deny;
+    struct span config_header, tcp_prefix;
 } parsed;
 
 struct header {
@@ -499,9 +522,13 @@ struct header {
 };
 
 /* Module-owned, one allocation per root context: the struct, the header
- * array (request headers first) and the decoded bytes they point into. */
+ * array (request headers first) and the decoded bytes they (and tcp_prefix)
+ * point into. */
 struct config {
     u32 request_count, response_count;
+    const u8 *tcp_prefix;
+    u32 tcp_prefix_len;
+    bool tcp_deny;
     struct header headers[];
 };
 
@@ -533,6 +560,41 @@ static bool key_is(const struct span *key, const char *name) {
     return bytes_equal(buf, key->len, name);
 }
 
+/* Whether a key starts with "tcp_", ASCII letters in any case, escapes
+ * decoded: such keys are network options, never response headers. Returns
+ * false with the cursor failed when out of memory. */
+static bool key_is_network(struct cursor *c, const struct span *key, bool *network) {
+    *network = false;
+    if (key->len < 4) return true;
+    u8 *buf = mem_alloc(key->len);
+    if (!buf) return fail(c, "out of memory");
+    decode_span(key, buf);
+    *network = (buf[0] | 0x20) == 't' && (buf[1] | 0x20) == 'c' && (buf[2] | 0x20) == 'p' &&
+               buf[3] == '_';
+    mem_free(buf);
+    return true;
+}
+
+static bool network_member(struct cursor *c, const struct span *key, const struct span *value,
+                           enum kind kind, const u8 *start) {
+    if (key_is(key, "tcp_prefix")) {
+        if (kind != K_STRING) return fail_at(c, start, "\"tcp_prefix\" must be a string");
+        if (value->len > MAX_TCP_PREFIX)
+            return fail_at(c, start, "\"tcp_prefix\" longer than 4096 bytes");
+        parsed.tcp_prefix = *value;
+        parsed.has_tcp_prefix = true;
+        return true;
+    }
+    if (key_is(key, "tcp_deny")) {
+        /* A literal starting with 't' or 'f' is true or false, never a number. */
+        if (kind != K_LITERAL || (value->raw[0] != 't' && value->raw[0] != 'f'))
+            return fail_at(c, start, "\"tcp_deny\" must be true or false");
+        parsed.tcp_deny = value->raw[0] == 't';
+        return true;
+    }
+    return fail_at(c, start, "unknown network option (keys starting with \"tcp_\" are reserved)");
+}
+
 static bool top_member(struct cursor *c, u32 depth, const struct span *key, void *ctx) {
     (void)ctx;
     const u8 *start = c->p;
@@ -547,6 +609,9 @@ static bool top_member(struct cursor *c, u32 depth, const struct span *key, void
     struct span value;
     enum kind kind = parse_value(c, depth + 1, &value);
     if (kind == K_ERROR) return false;
+    bool network;
+    if (!key_is_network(c, key, &network)) return false;
+    if (network) return network_member(c, key, &value, kind, start);
     if (key_is(key, "config_header")) {
         if (kind != K_STRING) return fail_at(c, start, "\"config_header\" must be a string");
         if (value.len > MAX_NAME_LEN) return fail_at(c, start, "header name longer than 256 bytes");
@@ -566,6 +631,8 @@ static bool parse_config(struct cursor *c) {
     parsed.response.count = 0;
     parsed.response.too_many = "more than 64 response headers";
     parsed.has_config_header = false;
+    parsed.has_tcp_prefix = false;
+    parsed.tcp_deny = false;
     skip_ws(c);
     if (peek(c) != '{') return fail(c, "configuration must be a JSON object");
     if (!parse_object(c, 0, top_member, NULL)) return false;
@@ -628,6 +695,7 @@ static struct config *build_config(const u8 *json, size_t size) {
     for (u32 i = 0; i < resp; i++)
         bytes += parsed.response.items[i].name.len + parsed.response.items[i].value.len;
     if (parsed.has_config_header) bytes += parsed.config_header.len + size;
+    if (parsed.has_tcp_prefix) bytes += parsed.tcp_prefix.len;
 
     struct config *cfg = mem_alloc(bytes);
     if (!cfg) {
@@ -638,7 +706,12 @@ static struct config *build_config(const u8 *json, size_t size) {
     }
     cfg->request_count = req;
     cfg->response_count = total - req;
+    cfg->tcp_deny = parsed.tcp_deny;
     u8 *out = (u8 *)&cfg->headers[total];
+    cfg->tcp_prefix = out;
+    cfg->tcp_prefix_len = parsed.has_tcp_prefix ? parsed.tcp_prefix.len : 0;
+    if (parsed.has_tcp_prefix) decode_span(&parsed.tcp_prefix, out);
+    out += cfg->tcp_prefix_len;
     for (u32 i = 0; i < req + resp; i++) {
         const struct entry *e =
             i < req ? &parsed.request.items[i] : &parsed.response.items[i - req];
@@ -691,6 +764,7 @@ struct root {
 struct stream {
     u32 id, root_id;
     struct stream *next;
+    bool data_seen; /* network: downstream data has arrived (tcp_prefix sent) */
 };
 
 #define STREAM_BUCKETS 256u
@@ -736,6 +810,7 @@ void proxy_on_context_create(u32 context_id, u32 parent_context_id) {
     s->id = context_id;
     s->root_id = parent_context_id;
     s->next = NULL;
+    s->data_seen = false;
     *slot = s;
 }
 
@@ -787,6 +862,12 @@ u32 proxy_on_configure(u32 root_context_id, size_t configuration_size) {
     log_str(" request header(s) and ");
     log_u32(cfg ? cfg->response_count : 0);
     log_str(" response header(s)");
+    if (cfg && cfg->tcp_prefix_len) {
+        log_str(", a ");
+        log_u32(cfg->tcp_prefix_len);
+        log_str("-byte tcp_prefix");
+    }
+    if (cfg && cfg->tcp_deny) log_str(", tcp_deny");
     log_emit(LOG_INFO);
     return true;
 }
@@ -825,6 +906,46 @@ u32 proxy_on_response_headers(u32 context_id, size_t num_headers, u32 end_of_str
     const struct config *cfg = stream_config(context_id);
     if (cfg)
         add_headers(MAP_RESPONSE_HEADERS, cfg->headers + cfg->request_count, cfg->response_count);
+    return ACTION_CONTINUE;
+}
+
+/* ---- network (L4) filter -------------------------------------------------
+ * Envoy creates the connection's context (proxy_on_context_create) right
+ * before proxy_on_new_connection, and runs proxy_on_done/proxy_on_delete
+ * when the downstream connection closes. */
+
+static void log_status(const char *what, u32 status) {
+    log_begin();
+    log_str(what);
+    log_str(", status ");
+    log_u32(status);
+    log_emit(LOG_WARN);
+}
+
+u32 proxy_on_new_connection(u32 context_id) {
+    const struct config *cfg = stream_config(context_id);
+    if (!cfg || !cfg->tcp_deny) return ACTION_CONTINUE;
+    /* Envoy defers the close until this callback returns; pausing keeps the
+     * rest of the chain (tcp_proxy) from ever connecting upstream, so even if
+     * the close failed nothing would be forwarded. */
+    u32 status = proxy_close_stream(STREAM_DOWNSTREAM);
+    if (status != 0) log_status("cannot close the denied connection", status);
+    return ACTION_PAUSE;
+}
+
+u32 proxy_on_downstream_data(u32 context_id, size_t data_size, u32 end_of_stream) {
+    (void)data_size;
+    (void)end_of_stream;
+    struct stream *s = *stream_slot(context_id);
+    if (!s || s->data_seen) return ACTION_CONTINUE;
+    s->data_seen = true;
+    const struct config *cfg = stream_config(context_id);
+    if (cfg && cfg->tcp_prefix_len) {
+        /* start 0, length 0: prepend to the data about to go upstream. */
+        u32 status = proxy_set_buffer_bytes(BUFFER_DOWNSTREAM_DATA, 0, 0, cfg->tcp_prefix,
+                                            cfg->tcp_prefix_len);
+        if (status != 0) log_status("cannot insert tcp_prefix", status);
+    }
     return ACTION_CONTINUE;
 }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -37,19 +37,26 @@ class FakeModules:
     def __init__(self) -> None:
         self.outcomes: dict[str, ModuleOutcome] = {}
         self.retained: list[ModuleRequest] = []
+        self.in_use: list[Module] = []
 
     def resolve(self, request: ModuleRequest) -> ModuleOutcome:
         return self.outcomes.get(request.url, Pending())
 
-    def retain(self, requests: Iterable[ModuleRequest]) -> None:
+    def retain(self, requests: Iterable[ModuleRequest], in_use: Iterable[Module] = ()) -> None:
         self.retained = list(requests)
+        self.in_use = list(in_use)
 
     def ready(self, url: str, digest: str) -> None:
         self.outcomes[url] = Ready(Module(digest, Path(f"/cache/modules/sha256/{digest}.wasm"), 8))
 
 
 class Harness:
-    def __init__(self, *plugins: WasmPlugin) -> None:
+    def __init__(
+        self,
+        *plugins: WasmPlugin,
+        initial_wait: float = 0.0,
+        clock: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self.modules = FakeModules()
         self.state = SourceState({p.key: p for p in plugins})
         self.published: list[Snapshot] = []
@@ -60,6 +67,8 @@ class Harness:
             runtime="envoy.wasm.runtime.v8",
             publish=self._publish,
             root_namespace="istio-system",
+            initial_wait=initial_wait,
+            clock=clock,
         )
 
     def _publish(self, snapshot: Snapshot) -> int:
@@ -202,3 +211,27 @@ def test_module_request_generation_tracks_the_object():
     one = module_request(make_plugin("p", url="http://h/f.wasm"))
     two = module_request(make_plugin("p", url="http://h/f.wasm", pluginConfig={"x": 1}))
     assert one.generation != two.generation
+
+
+async def test_first_push_waits_for_pending_modules_until_the_deadline():
+    """At start-up the first snapshot waits for fetches under way, but not past the deadline."""
+    now = [0.0]
+    h = Harness(make_plugin("a", url="http://m/a.wasm"), initial_wait=30.0, clock=lambda: now[0])
+    await h.reconciler.reconcile()
+    assert h.published == []
+    h.modules.ready("http://m/a.wasm", "aa" * 32)
+    await h.reconciler.reconcile()
+    assert len(h.published) == 1
+    assert h.snapshot.ecds_for(NODE, "default.a") is not None
+
+
+async def test_first_push_goes_out_at_the_deadline_with_modules_still_pending():
+    """A download that outlasts the start-up wait does not hold every other proxy back."""
+    now = [0.0]
+    h = Harness(make_plugin("a", url="http://m/slow.wasm"), initial_wait=30.0, clock=lambda: now[0])
+    await h.reconciler.reconcile()
+    assert h.published == []
+    now[0] = 31.0
+    await h.reconciler.reconcile()
+    assert len(h.published) == 1
+    assert h.snapshot.is_pending(TYPED_EXTENSION_CONFIG, "default.a")

@@ -245,3 +245,39 @@ def test_missing_type_url_is_a_protocol_error():
     """ADS requests must name their type."""
     with pytest.raises(ProtocolError):
         SotwStream(make_node()).handle(request("x", type_url=""))
+
+
+def test_listeners_are_full_state_and_wildcard():
+    """SotW LDS: an empty first request means all; each response carries the full set."""
+    from tests.xds.test_snapshot_listeners import listener_snapshot
+    from wasmxds.xds.types import LISTENER
+
+    stream = SotwStream(make_node())
+    snap = listener_snapshot(A)
+    stream.handle(request(type_url=LISTENER))
+    payload = stream.next_response(LISTENER, snap)
+    assert payload is not None
+    first = DiscoveryResponse.FromString(payload)
+    assert len(first.resources) == 1
+    stream.handle(request(type_url=LISTENER, nonce=first.nonce, version=first.version_info))
+    assert stream.next_response(LISTENER, snap) is None
+    grown = listener_snapshot(A, B, previous=snap)
+    payload = stream.next_response(LISTENER, grown)
+    assert payload is not None
+    assert len(DiscoveryResponse.FromString(payload).resources) == 1
+
+
+def test_rejected_listener_set_is_not_resent():
+    """A NACKed LDS state waits until the listeners change."""
+    from tests.xds.test_snapshot_listeners import listener_snapshot
+    from wasmxds.xds.types import LISTENER
+
+    stream = SotwStream(make_node())
+    snap = listener_snapshot(A)
+    stream.handle(request(type_url=LISTENER))
+    payload = stream.next_response(LISTENER, snap)
+    assert payload is not None
+    sent = DiscoveryResponse.FromString(payload)
+    stream.handle(request(type_url=LISTENER, nonce=sent.nonce, error="bad listener"))
+    assert stream.next_response(LISTENER, snap) is None
+    assert stream.next_response(LISTENER, listener_snapshot(B, previous=snap)) is not None

@@ -6,6 +6,11 @@ WasmPlugins are skipped quietly, so a directory can hold other manifests too,
 unless they look like a WasmPlugin gone wrong: ``kind: WasmPlugin`` with the
 wrong apiVersion, an ``extensions.istio.io`` object without a kind, or an
 object with neither apiVersion nor kind whose spec has a ``url``.
+Maistra's deprecated ServiceMeshExtension (``maistra.io/v1``) is read too: it
+is converted (:mod:`wasmxds.api.servicemeshextension`) and becomes the
+WasmPlugin of the same namespace/name, with a deprecation warning.
+``kubernetes.io/dockerconfigjson`` Secrets (image pull secrets) are collected
+too (:mod:`wasmxds.api.secrets`); Secrets of other types are skipped.
 
 Every object is checked in three layers, and all problems are reported, not
 just the first: the object and its metadata (as the API server would),
@@ -48,6 +53,12 @@ from wasmxds.api.objects import (
     WasmPlugin,
 )
 from wasmxds.api.proto import wasm_pb2
+from wasmxds.api.secrets import PullSecret, parse_secret
+from wasmxds.api.servicemeshextension import (
+    EXTENSION_API_VERSIONS,
+    EXTENSION_KIND,
+    parse_extension,
+)
 from wasmxds.api.validate import (
     dns1123_label_error,
     dns1123_subdomain_error,
@@ -118,6 +129,8 @@ class ParsedFile:
     failed validation (the caller keeps their last good version).
     ``object_lines`` gives the line of every identified object, valid or not
     (the first definition of each), for cross-file duplicate reports.
+    ``secrets`` and ``invalid_secrets`` are the same for image pull secrets
+    (``kubernetes.io/dockerconfigjson`` Secrets); other Secrets are skipped.
     """
 
     path: str
@@ -126,6 +139,8 @@ class ParsedFile:
     invalid_keys: tuple[ObjectKey, ...]
     syntax_ok: bool
     object_lines: tuple[tuple[ObjectKey, int], ...] = ()
+    secrets: tuple[PullSecret, ...] = ()
+    invalid_secrets: tuple[ObjectKey, ...] = ()
 
     @property
     def has_errors(self) -> bool:
@@ -202,6 +217,15 @@ def parse_object(
         found.append(Issue(path, where(path), message))
         key = _key_only(value.get("metadata"), default_namespace)
         return ParsedObject(None, key, tuple(issue.to_problem(source) for issue in found))
+    if verdict is _Verdict.EXTENSION:
+        return parse_extension(
+            value,
+            source=source,
+            line=line,
+            locate=where,
+            default_namespace=default_namespace,
+            issues=found,
+        )
     return _Object(value, where, found, default_namespace).build(source, line)
 
 
@@ -212,6 +236,7 @@ def _unreadable(path: str, line: int, message: str) -> ParsedFile:
 class _Verdict(enum.Enum):
     SKIP = "not a WasmPlugin"
     CHECK = "a WasmPlugin"
+    EXTENSION = "a ServiceMeshExtension, served as a WasmPlugin"
 
 
 def _identify(value: Mapping[object, object]) -> _Verdict | tuple[FieldPath, str]:
@@ -230,6 +255,15 @@ def _identify(value: Mapping[object, object]) -> _Verdict | tuple[FieldPath, str
             ("apiVersion",),
             f"unsupported apiVersion {describe(api_version)} for kind {KIND};"
             f" the supported one is {API_VERSION}",
+        )
+    if kind == EXTENSION_KIND:
+        if api_version in EXTENSION_API_VERSIONS:
+            return _Verdict.EXTENSION
+        supported = " and ".join(EXTENSION_API_VERSIONS)
+        return (
+            ("apiVersion",),
+            f"unsupported apiVersion {describe(api_version)} for kind {EXTENSION_KIND};"
+            f" the supported ones are {supported}",
         )
     if isinstance(kind, str) and kind.casefold() == KIND.casefold():
         hint = f'did you mean "{KIND}"? (kinds are case-sensitive)'
@@ -440,6 +474,9 @@ class _FileCollector:
         self.problems: list[Problem] = []
         self.invalid: list[ObjectKey] = []
         self.first_line: dict[ObjectKey, int] = {}
+        self.secrets: list[PullSecret] = []
+        self.invalid_secrets: list[ObjectKey] = []
+        self.first_secret_line: dict[ObjectKey, int] = {}
 
     def add(
         self, value: object, locate: Locator, issues: Sequence[Issue], prefix: FieldPath
@@ -468,6 +505,8 @@ class _FileCollector:
             default_namespace=self.default_namespace,
             issues=own_issues,
         )
+        if parsed is None and isinstance(value, Mapping) and self.add_secret(value, where, line):
+            return
         if parsed is None:
             api_version, kind = (
                 (value.get("apiVersion"), value.get("kind"))
@@ -501,6 +540,37 @@ class _FileCollector:
         elif key is not None:
             self.invalid.append(key)
 
+    def add_secret(self, value: Mapping[object, object], where: Locator, line: int) -> bool:
+        """Collect an image pull secret; False when ``value`` is not one."""
+        parsed = parse_secret(
+            value,
+            source=self.path,
+            line=line,
+            locate=where,
+            default_namespace=self.default_namespace,
+        )
+        if parsed is None:
+            return False
+        self.problems.extend(parsed.problems)
+        key = parsed.key
+        if key is not None and key in self.first_secret_line:
+            self.problems.append(
+                Problem(
+                    self.path,
+                    line,
+                    f"duplicate Secret {key}: already defined on line"
+                    f" {self.first_secret_line[key]}; this definition is ignored",
+                )
+            )
+            return True
+        if key is not None:
+            self.first_secret_line[key] = line
+        if parsed.secret is not None:
+            self.secrets.append(parsed.secret)
+        elif key is not None:
+            self.invalid_secrets.append(key)
+        return True
+
     def result(self) -> ParsedFile:
         return ParsedFile(
             self.path,
@@ -509,6 +579,8 @@ class _FileCollector:
             tuple(self.invalid),
             syntax_ok=True,
             object_lines=tuple(self.first_line.items()),
+            secrets=tuple(self.secrets),
+            invalid_secrets=tuple(self.invalid_secrets),
         )
 
 

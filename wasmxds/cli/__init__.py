@@ -6,11 +6,11 @@ import argparse
 from collections.abc import Sequence
 
 from wasmxds import __version__
-from wasmxds.cli import serve, validate
+from wasmxds.cli import bootstrap, migrate, pull, push, serve, status, validate
 
 __all__ = ["main"]
 
-_COMMANDS = (serve, validate)
+_COMMANDS = (serve, validate, migrate, bootstrap, pull, push, status)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import structlog
 
+from wasmxds.cli.kubernetes import add_kubernetes_arguments, kubernetes_settings
+from wasmxds.cli.registry import add_registry_arguments, registry_settings
 from wasmxds.errors import SettingsError
 from wasmxds.log import LOG_FORMATS, LOG_LEVELS, configure_logging
 from wasmxds.settings import (
@@ -25,8 +27,6 @@ __all__ = ["register"]
 
 log = structlog.get_logger(__name__)
 
-_BUILT_DELIVERIES = {ModuleDelivery.LOCAL}
-
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
@@ -40,10 +40,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument(
         "--config-dir",
         action="append",
-        required=True,
+        default=[],
         metavar="DIR",
         type=Path,
-        help="directory of WasmPlugin YAML, watched recursively (repeatable)",
+        help="directory of WasmPlugin YAML, watched recursively (repeatable; this, "
+        "--kubernetes, or both)",
     )
     parser.add_argument(
         "--xds-address",
@@ -104,10 +105,31 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "wasmxds (remote) or inside the resource (inline) (default %(default)s)",
     )
     parser.add_argument(
+        "--module-base-url",
+        metavar="URL",
+        help="with --module-delivery remote: wasmxds's admin address as proxies reach it, e.g. "
+        "http://wasmxds:18001 (proxies need a cluster named wasmxds_modules for it: "
+        "`wasmxds bootstrap --modules-address`)",
+    )
+    parser.add_argument(
+        "--inline-max-size",
+        default="1MiB",
+        metavar="SIZE",
+        help="with --module-delivery inline: largest module sent inside a resource "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
         "--max-module-size",
         default="256MiB",
         metavar="SIZE",
         help="refuse modules larger than this after unpacking (default %(default)s)",
+    )
+    parser.add_argument(
+        "--initial-fetch-wait",
+        default="30s",
+        metavar="DUR",
+        help="at start-up, hold the first push this long for module downloads still under "
+        "way (default %(default)s)",
     )
     parser.add_argument(
         "--fetch-retry-max",
@@ -115,12 +137,42 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="DUR",
         help="longest wait between retries of a failed module fetch (default %(default)s)",
     )
+    add_registry_arguments(parser)
     parser.add_argument(
         "--wasm-runtime",
         default="envoy.wasm.runtime.v8",
         metavar="NAME",
         help="Wasm runtime named in the filters (default %(default)s)",
     )
+    listener_mode = parser.add_argument_group(
+        "listener mode and TLS",
+        "Serve whole listeners over LDS/CDS with every applicable WasmPlugin placed by "
+        "phase and priority, and protect the xDS port with (mutual) TLS.",
+    )
+    listener_mode.add_argument(
+        "--listeners",
+        action="append",
+        default=[],
+        metavar="DIR",
+        type=Path,
+        help="directory of ListenerTemplate/ClusterTemplate YAML, watched recursively (repeatable)",
+    )
+    listener_mode.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="serve xDS over TLS with this certificate chain",
+    )
+    listener_mode.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="private key for --tls-cert"
+    )
+    listener_mode.add_argument(
+        "--client-ca",
+        type=Path,
+        metavar="FILE",
+        help="require client certificates signed by this CA (mutual TLS; needs --tls-cert)",
+    )
+    add_kubernetes_arguments(parser)
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     parser.add_argument("--log-format", default="text", choices=LOG_FORMATS)
     parser.set_defaults(run=run)
@@ -128,14 +180,30 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     delivery = ModuleDelivery(args.module_delivery)
-    if delivery not in _BUILT_DELIVERIES:
+    if delivery is ModuleDelivery.REMOTE and not args.module_base_url:
         raise SettingsError(
-            f"--module-delivery {delivery.value} is not available yet; use 'local' "
-            "(Envoy reads modules from the shared cache directory)"
+            "--module-delivery remote needs --module-base-url (how proxies reach wasmxds's "
+            "admin server, e.g. http://wasmxds:18001)"
         )
-    for directory in args.config_dir:
-        if not directory.is_dir():
-            raise SettingsError(f"--config-dir {directory}: not a directory")
+    if args.module_base_url and not args.module_base_url.startswith(("http://", "https://")):
+        raise SettingsError(
+            f"--module-base-url {args.module_base_url!r}: expected http(s)://HOST:PORT"
+        )
+    for flag, directories in (("--config-dir", args.config_dir), ("--listeners", args.listeners)):
+        for directory in directories:
+            if not directory.is_dir():
+                raise SettingsError(f"{flag} {directory}: not a directory")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SettingsError("--tls-cert and --tls-key go together")
+    if args.client_ca is not None and args.tls_cert is None:
+        raise SettingsError("--client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
+    for flag, file in (
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+        ("--client-ca", args.client_ca),
+    ):
+        if file is not None and not file.is_file():
+            raise SettingsError(f"{flag} {file}: no such file")
     return ServeSettings(
         config_dirs=tuple(args.config_dir),
         xds_address=parse_host_port(args.xds_address),
@@ -147,9 +215,18 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         debounce_max=parse_duration(args.debounce_max),
         insecure_registries=frozenset(args.insecure_registry),
         module_delivery=delivery,
+        module_base_url=args.module_base_url,
+        inline_max_size=parse_size(args.inline_max_size),
         max_module_size=parse_size(args.max_module_size),
         fetch_retry_max=parse_duration(args.fetch_retry_max),
+        **registry_settings(args),
+        **kubernetes_settings(args),
+        initial_fetch_wait=parse_duration(args.initial_fetch_wait),
         wasm_runtime=args.wasm_runtime,
+        listener_dirs=tuple(args.listeners),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        client_ca=args.client_ca,
         log_level=args.log_level,
         log_format=args.log_format,
     )

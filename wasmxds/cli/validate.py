@@ -40,8 +40,10 @@ wasmxds validate -`.
 
 Every object is checked against the WasmPlugin schema and Istio's own
 validation rules (the CRD's and the admission webhook's), plus a few checks
-for specs that Istio accepts but that can never work. Documents of other
-kinds are ignored. The same namespace/name defined twice is an error.
+for specs that Istio accepts but that can never work. Maistra
+ServiceMeshExtensions are checked as the WasmPlugins they are served as, with
+a deprecation warning (see `wasmxds migrate`). Documents of other kinds are
+ignored. The same namespace/name defined twice is an error.
 """
 
 _EPILOG = """\

@@ -14,6 +14,8 @@ from typing import Protocol
 
 import structlog
 
+from wasmxds.metrics import Metrics
+
 __all__ = ["Clock", "Debouncer", "LoopClock"]
 
 log = structlog.get_logger(__name__)
@@ -40,7 +42,14 @@ class LoopClock:
 class Debouncer:
     """Merge ``trigger()`` calls into calls of ``push`` (see module docstring)."""
 
-    def __init__(self, *, after: float, max_wait: float, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        after: float,
+        max_wait: float,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         if after < 0 or max_wait < 0:
             raise ValueError("debounce durations cannot be negative")
         self.after = after
@@ -52,6 +61,9 @@ class Debouncer:
         self._merged = 0
         self.pushes = 0
         self.merged_events = 0
+        self.window_opened_at: float | None = None
+        """During a push: when (on this debouncer's clock) its first event arrived."""
+        self._metrics = metrics
 
     def trigger(self) -> None:
         """Record one change event. Cheap and synchronous; safe to call from any task."""
@@ -79,5 +91,12 @@ class Debouncer:
             self._pending.clear()
             self.pushes += 1
             self.merged_events += merged
+            if self._metrics is not None:
+                self._metrics.debounce_pushes.inc()
+                self._metrics.debounce_merged.inc(merged)
             log.debug("debounce.push", events=merged)
-            await push()
+            self.window_opened_at = self._first_at
+            try:
+                await push()
+            finally:
+                self.window_opened_at = None

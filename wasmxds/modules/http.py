@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import re
-import ssl
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
-from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -37,6 +33,13 @@ from wasmxds.errors import (
 )
 from wasmxds.modules.backoff import Backoff
 from wasmxds.modules.ssrf import AddressGuard, AddressResolver, GuardedTransport, IPNetwork
+from wasmxds.modules.transport import (
+    InsecureHosts,
+    TlsRouter,
+    tls_verification_failure,
+    trusting_context,
+    verifying_context,
+)
 from wasmxds.modules.types import ModuleRequest
 from wasmxds.modules.unbox import is_wasm, unbox
 
@@ -58,7 +61,6 @@ _PERMANENT_5XX = frozenset({501, 505, 511})
 # to slow down (408/425/429). Every other status is a configuration problem
 # that needs a human (400, 405, 410, 501, an unfollowable 3xx...).
 _LATER_4XX = frozenset({401, 403, 404, 408, 425, 429})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 # Encodings we can undo with a bounded decoder: gzip bodies go through unbox().
 _ACCEPTED_ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip"})
 _USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
@@ -118,21 +120,19 @@ class HttpFetcher:
     ) -> None:
         self._settings = settings or FetcherSettings()
         guard = AddressGuard(self._settings.blocked_cidrs)
-        insecure = _InsecureHosts(self._settings.insecure_hosts)
+        insecure = InsecureHosts(self._settings.insecure_hosts)
         verified = GuardedTransport(
             guard=guard,
-            ssl_context=_verifying_context(self._settings.ca_file),
+            ssl_context=verifying_context(self._settings.ca_file),
             resolver=address_resolver,
         )
         unverified = (
-            GuardedTransport(
-                guard=guard, ssl_context=_trusting_context(), resolver=address_resolver
-            )
+            GuardedTransport(guard=guard, ssl_context=trusting_context(), resolver=address_resolver)
             if insecure
             else None
         )
         self._client = httpx.AsyncClient(
-            transport=_TlsRouter(verified, unverified, insecure),
+            transport=TlsRouter(verified, unverified, insecure),
             timeout=httpx.Timeout(
                 self._settings.read_timeout, connect=self._settings.connect_timeout
             ),
@@ -203,7 +203,7 @@ class HttpFetcher:
         except httpx.UnsupportedProtocol as exc:
             raise FetchError(f"{shown}: {_scrub(str(exc))}", retryable=False) from exc
         except httpx.TransportError as exc:
-            reason = _tls_verification_failure(exc)
+            reason = tls_verification_failure(exc)
             if reason is not None:
                 # Retrying within seconds cannot fix a certificate; a later retry might.
                 raise FetchError(
@@ -289,15 +289,6 @@ def _scrub(message: str) -> str:
     return _USERINFO.sub("", message)
 
 
-def _tls_verification_failure(exc: BaseException) -> str | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return str(seen.verify_message or seen.reason or "certificate rejected")
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 def _content_length(response: httpx.Response) -> int | None:
     value = response.headers.get("content-length")
     if value is None:
@@ -306,97 +297,3 @@ def _content_length(response: httpx.Response) -> int | None:
         return int(value)
     except ValueError:
         return None  # malformed: the streaming cap still applies
-
-
-def _verifying_context(ca_file: Path | None) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise SettingsError(f"cannot load CA file {ca_file}: {exc}") from exc
-    return context
-
-
-def _trusting_context() -> ssl.SSLContext:
-    # Only used for hosts the operator explicitly listed as insecure registries.
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-class _InsecureHosts:
-    """Hosts whose TLS certificates are not verified (``--insecure-registry``).
-
-    Istio compares the entry with the URL's ``host[:port]`` verbatim; here a bare
-    ``host`` covers every port of that host, and ``host:port`` also matches a URL
-    that leaves the scheme's default port implicit.
-    """
-
-    def __init__(self, entries: Iterable[str]) -> None:
-        self._everything = False
-        self._hosts: set[str] = set()
-        self._host_ports: set[tuple[str, int]] = set()
-        for entry in entries:
-            host, port = _parse_host(entry)
-            if host == "*":
-                self._everything = True
-            elif port is None:
-                self._hosts.add(host)
-            else:
-                self._host_ports.add((host, port))
-
-    def __bool__(self) -> bool:
-        return self._everything or bool(self._hosts) or bool(self._host_ports)
-
-    def matches(self, url: httpx.URL) -> bool:
-        if self._everything or url.host in self._hosts:
-            return True
-        port = url.port or _DEFAULT_PORTS.get(url.scheme)
-        return port is not None and (url.host, port) in self._host_ports
-
-
-def _parse_host(entry: str) -> tuple[str, int | None]:
-    text = entry.strip().lower()
-    if text == "*":
-        return "*", None
-    if text.count(":") > 1 and not text.startswith("["):
-        # Only a bare IPv6 address has several colons and no brackets.
-        try:
-            return str(ipaddress.IPv6Address(text)), None
-        except ValueError as exc:
-            raise SettingsError(f"insecure registry {entry!r} is not HOST or HOST:PORT") from exc
-    try:
-        parts = urlsplit(f"//{text}")
-        host, port = parts.hostname, parts.port
-    except ValueError as exc:
-        raise SettingsError(f"insecure registry {entry!r} is not HOST or HOST:PORT") from exc
-    if not host:
-        raise SettingsError(f"insecure registry {entry!r} is not HOST or HOST:PORT")
-    return host, port
-
-
-class _TlsRouter(httpx.AsyncBaseTransport):
-    """Sends each request (redirect hops included) to the verifying or the trusting pool."""
-
-    def __init__(
-        self,
-        verified: GuardedTransport,
-        unverified: GuardedTransport | None,
-        insecure: _InsecureHosts,
-    ) -> None:
-        self._verified = verified
-        self._unverified = unverified
-        self._insecure = insecure
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        transport = self._verified
-        if self._unverified is not None and self._insecure.matches(request.url):
-            transport = self._unverified
-        return await transport.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self._verified.aclose()
-        if self._unverified is not None:
-            await self._unverified.aclose()

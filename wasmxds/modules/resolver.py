@@ -13,6 +13,14 @@ already on disk is a hit whatever the pull policy; ``IfNotPresent`` reuses the
 last module fetched for the same URL (and sha256) across plugin generations;
 ``Always`` pulls again for each new generation and, if that pull fails, keeps
 serving what the previous pull fetched (``Ready(stale=error)``).
+
+What a URL last resolved to lives in the persistent :class:`ModuleIndex`, so
+all of that holds across restarts: a restarted server serves every module it
+knew with the registry down. For OCI, a ``sha256`` (or an ``@sha256:`` in the
+URL) that names a known *manifest* is a hit too. A request naming an image
+pull secret that does not exist fails at once (Istio: "missing image pulling
+secret"), and when the secret appears or changes, failed fetches that use it
+start over immediately instead of waiting out their backoff.
 """
 
 from __future__ import annotations
@@ -26,11 +34,19 @@ from typing import Literal, Protocol
 
 import structlog
 
-from wasmxds.errors import FetchError, ModuleError, UnsupportedSchemeError
+from wasmxds.errors import (
+    FetchError,
+    MissingPullSecretError,
+    ModuleError,
+    UnsupportedSchemeError,
+)
 from wasmxds.modules.backoff import Backoff
+from wasmxds.modules.index import ModuleIndex
+from wasmxds.modules.secrets import PullSecrets
 from wasmxds.modules.store import ModuleStore, is_digest
 from wasmxds.modules.types import (
     Failed,
+    Fetched,
     LocalFile,
     Module,
     ModuleOutcome,
@@ -45,16 +61,20 @@ __all__ = ["Fetcher", "ModuleResolver", "ModuleState"]
 log = structlog.get_logger(__name__)
 
 _FILE_PREFIX = "file://"
+_OCI_PREFIX = "oci://"
+_PINNED = "@sha256:"
 
 CacheKey = tuple[str, ...]
-# The URL index key: which bytes a (url, sha256) pair last turned out to be.
-UrlKey = tuple[str, str]
 
 
 class Fetcher(Protocol):
-    """Downloads one module and returns its verified Wasm bytes, or raises ModuleError."""
+    """Downloads one module and returns its verified Wasm bytes, or raises ModuleError.
 
-    async def fetch(self, request: ModuleRequest) -> bytes: ...
+    A fetcher may instead store the module itself and return :class:`Fetched`
+    (the OCI fetcher does, to deduplicate by manifest digest).
+    """
+
+    async def fetch(self, request: ModuleRequest) -> bytes | Fetched: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,20 +94,37 @@ class ModuleState:
     size: int | None
     path: str | None
     next_retry_in: float | None
+    layout: str | None = None
+    manifest_digest: str | None = None
 
 
 class _Entry:
     """The resolver's bookkeeping for one cache key."""
 
-    __slots__ = ("attempts", "fetching", "outcome", "request", "retry_at", "task")
+    __slots__ = (
+        "attempts",
+        "fetched_at",
+        "fetching",
+        "outcome",
+        "request",
+        "retry_at",
+        "secret_version",
+        "task",
+    )
 
-    def __init__(self, request: ModuleRequest, outcome: ModuleOutcome) -> None:
+    def __init__(
+        self, request: ModuleRequest, outcome: ModuleOutcome, secret_version: str | None = None
+    ) -> None:
         self.request = request
         self.outcome = outcome
         self.attempts = 0
         self.fetching = False
         self.retry_at: float | None = None
         self.task: asyncio.Task[None] | None = None
+        # The pull secret's content version this entry's fetches used.
+        self.secret_version = secret_version
+        # When the last successful fetch finished (for --repull-interval).
+        self.fetched_at: float | None = None
 
 
 class ModuleResolver:
@@ -108,6 +145,9 @@ class ModuleResolver:
         retry: Backoff,
         max_parallel: int = 4,
         clock: Callable[[], float] = time.monotonic,
+        index: ModuleIndex | None = None,
+        pull_secrets: PullSecrets | None = None,
+        on_fetched: Callable[[Module], None] | None = None,
     ) -> None:
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be at least 1, got {max_parallel}")
@@ -118,9 +158,13 @@ class ModuleResolver:
         self._clock = clock
         self._slots = asyncio.Semaphore(max_parallel)
         self._entries: dict[CacheKey, _Entry] = {}
-        # Last module each (url, sha256) was fetched as; survives retain() so that
-        # IfNotPresent reuse and Always fallbacks work across plugin generations.
-        self._by_url: dict[UrlKey, Module] = {}
+        # Last module each (url, sha256, secret) was fetched as; survives retain()
+        # (and restarts) so IfNotPresent reuse and Always fallbacks keep working.
+        self.index = index if index is not None else ModuleIndex()
+        self._secrets = pull_secrets
+        self._on_fetched = on_fetched
+        # Digests the current snapshot references (from retain); never purged.
+        self._in_use: set[str] = set()
         self._queue: asyncio.Queue[CacheKey] = asyncio.Queue()
         self._running = False
 
@@ -132,12 +176,33 @@ class ModuleResolver:
         if request.url.startswith(_FILE_PREFIX):
             # Istio passes file:// through untouched: the path is on the proxy, not here.
             return self._record(request, Ready(LocalFile(request.url.removeprefix(_FILE_PREFIX))))
+        secret_version: str | None = None
+        if request.pull_secret is not None:
+            secret_version = (
+                None if self._secrets is None else self._secrets.version(request.pull_secret)
+            )
+            if secret_version is None:
+                # Before any cache lookup, as in Istio: a plugin whose secret is gone fails.
+                error = MissingPullSecretError(
+                    f"{request.display_url}: image pull secret {request.pull_secret} not found"
+                    f" (a Secret of type kubernetes.io/dockerconfigjson in namespace"
+                    f" {request.pull_secret.namespace})"
+                )
+                return self._record(request, Failed(error, attempts=1, next_retry_in=math.inf))
         known = self._known_digest(request)
         if known is not None:
             return self._record(request, Ready(known))
         entry = self._entries.get(key)
         if entry is not None:
-            return entry.outcome
+            settled = isinstance(entry.outcome, Ready) and entry.outcome.stale is None
+            if entry.secret_version == secret_version or settled:
+                entry.secret_version = secret_version
+                return entry.outcome
+            # The secret appeared or changed since this failed: start over now.
+            log.info(
+                "module.secret_changed", url=request.display_url, secret=str(request.pull_secret)
+            )
+            self._drop(key)
         if request.pull_policy is PullPolicy.IF_NOT_PRESENT:
             previous = self._previous(request)
             if previous is not None:
@@ -148,7 +213,7 @@ class ModuleResolver:
                 request,
                 Failed(_unsupported(request, self._fetchers), attempts=1, next_retry_in=math.inf),
             )
-        entry = _Entry(request, Pending(started_at=self._clock()))
+        entry = _Entry(request, Pending(started_at=self._clock()), secret_version)
         self._entries[key] = entry
         self._queue.put_nowait(key)
         return entry.outcome
@@ -158,18 +223,58 @@ class ModuleResolver:
         entry = self._entries.get(request.cache_key)
         return None if entry is None else entry.outcome
 
-    def retain(self, requests: Iterable[ModuleRequest]) -> None:
+    def retain(self, requests: Iterable[ModuleRequest], in_use: Iterable[Module] = ()) -> None:
         """Keep only these requests: others stop retrying and their outcomes are forgotten.
 
-        Modules already fetched stay on disk and in the URL index, so a request
-        that comes back later is served from the cache under IfNotPresent.
+        ``in_use`` are the modules the published snapshot references (including
+        a previous version kept while its replacement is pending); they, and
+        every module a kept request is ready with, are recorded as used now and
+        are never purged. Modules already fetched stay on disk and in the index,
+        so a request that comes back later is served from the cache under
+        IfNotPresent.
         """
         wanted = {request.cache_key for request in requests}
         for key in [key for key in self._entries if key not in wanted]:
-            entry = self._entries.pop(key)
-            if entry.task is not None:
-                entry.task.cancel()
-            log.debug("module.dropped", url=entry.request.display_url)
+            log.debug("module.dropped", url=self._entries[key].request.display_url)
+            self._drop(key)
+        used = {module.digest: module for module in in_use}
+        for entry in self._entries.values():
+            if isinstance(entry.outcome, Ready) and isinstance(entry.outcome.module, Module):
+                used.setdefault(entry.outcome.module.digest, entry.outcome.module)
+        self._in_use = set(used)
+        self.index.touch((module.digest, module.size) for module in used.values())
+
+    def in_use(self) -> set[str]:
+        """Digests of modules that must stay on disk: referenced now, or ready for a request."""
+        digests = set(self._in_use)
+        for entry in self._entries.values():
+            if isinstance(entry.outcome, Ready) and isinstance(entry.outcome.module, Module):
+                digests.add(entry.outcome.module.digest)
+        return digests
+
+    def repull(self, max_age: float) -> int:
+        """Re-check the tags of ``Always`` requests last fetched more than ``max_age`` s ago.
+
+        The module keeps being served meanwhile; a new image replaces it, a
+        failure keeps it (stale) and is retried with backoff. Digest-pinned URLs
+        never change and are skipped. Returns how many re-pulls were queued.
+        """
+        now = self._clock()
+        queued = 0
+        for key, entry in self._entries.items():
+            request = entry.request
+            if (
+                request.pull_policy is not PullPolicy.ALWAYS
+                or entry.task is not None
+                or entry.fetched_at is None
+                or now - entry.fetched_at < max_age
+                or _pinned_digest(request.url)
+                or not isinstance(entry.outcome, Ready)
+            ):
+                continue
+            self._queue.put_nowait(key)
+            queued += 1
+        return queued
 
     def snapshot_state(self) -> list[ModuleState]:
         """Per-request status for debugging and status pages."""
@@ -203,6 +308,14 @@ class ModuleResolver:
                     entry.fetching = False
                     self._queue.put_nowait(key)
 
+    async def run_repull(self, interval: float) -> None:
+        """Call :meth:`repull` often enough that no tag waits much longer than ``interval``."""
+        while True:
+            await asyncio.sleep(max(interval / 4, 0.05))
+            queued = self.repull(interval)
+            if queued:
+                log.debug("module.repull", queued=queued)
+
     async def _work(self, entry: _Entry) -> None:
         request = entry.request
         fetcher = self._fetchers[_scheme(request)]
@@ -211,7 +324,11 @@ class ModuleResolver:
                 started = self._clock()
                 entry.fetching = True
                 try:
-                    module = await self._store.put(await fetcher.fetch(request))
+                    result = await fetcher.fetch(request)
+                    if isinstance(result, Fetched):
+                        fetched = result
+                    else:
+                        fetched = Fetched(await self._store.put(result))
                 except ModuleError as exc:
                     error: ModuleError = exc
                 except Exception as exc:
@@ -221,27 +338,42 @@ class ModuleResolver:
                         f"{request.display_url}: unexpected {type(exc).__name__} while fetching"
                     )
                 else:
-                    self._succeeded(entry, module, self._clock() - started)
+                    self._succeeded(entry, fetched, self._clock() - started)
+                    await self.index.flush()
                     return
                 finally:
                     entry.fetching = False
             delay = self._failed(entry, error)
             await asyncio.sleep(delay)
 
-    def _succeeded(self, entry: _Entry, module: Module, duration: float) -> None:
+    def _succeeded(self, entry: _Entry, fetched: Fetched, duration: float) -> None:
         request = entry.request
-        self._by_url[_url_key(request)] = module
+        module = fetched.module
+        self.index.record(
+            request.url,
+            request.sha256,
+            module.digest,
+            module.size,
+            secret=_secret(request),
+            manifest=fetched.manifest_digest,
+            layout=fetched.layout,
+        )
         entry.attempts += 1
         entry.retry_at = None
         entry.task = None
+        entry.fetched_at = self._clock()
         log.info(
             "module.fetched",
             url=request.display_url,
             digest=module.digest,
             size=module.size,
+            layout=fetched.layout or None,
+            manifest_digest=fetched.manifest_digest or None,
             duration_ms=round(duration * 1000),
             attempt=entry.attempts,
         )
+        if self._on_fetched is not None:
+            self._on_fetched(module)
         self._update(entry, Ready(module))
 
     def _failed(self, entry: _Entry, error: ModuleError) -> float:
@@ -283,6 +415,11 @@ class ModuleResolver:
         self._update(entry, outcome)
         return outcome
 
+    def _drop(self, key: CacheKey) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None and entry.task is not None:
+            entry.task.cancel()
+
     def _update(self, entry: _Entry, outcome: ModuleOutcome) -> None:
         if outcome == entry.outcome:
             return
@@ -293,16 +430,28 @@ class ModuleResolver:
             log.exception("module.on_change_failed")
 
     def _known_digest(self, request: ModuleRequest) -> Module | None:
+        """A cached module the request pins by content: its sha256 names the module, or
+        (OCI) a manifest we fetched before; or the URL's ``@sha256:`` names such a manifest."""
+        candidates: list[str | None] = []
         digest = request.sha256.strip().lower()
-        return self._store.get(digest) if is_digest(digest) else None
+        if is_digest(digest):
+            candidates += [digest, self.index.manifest_module(digest)]
+        pinned = _pinned_digest(request.url)
+        if pinned:
+            candidates.append(self.index.manifest_module(pinned))
+        for candidate in candidates:
+            if candidate is not None and (module := self._store.get(candidate)) is not None:
+                return module
+        return None
 
     def _previous(self, request: ModuleRequest) -> Module | None:
         """The module this URL was last fetched as, if it is still on disk."""
-        module = self._by_url.get(_url_key(request))
-        if module is None:
+        ref = self.index.ref(request.url, request.sha256, _secret(request))
+        if ref is None:
             return None
-        if self._store.get(module.digest) is None:
-            del self._by_url[_url_key(request)]  # someone cleaned the cache directory
+        module = self._store.get(ref.digest)
+        if module is None:
+            self.index.forget(ref.digest)  # someone cleaned the cache directory
             return None
         return module
 
@@ -322,6 +471,7 @@ class ModuleResolver:
         retry_in = None
         if entry.retry_at is not None and entry.task is not None:
             retry_in = max(entry.retry_at - now, 0.0)
+        ref = self.index.ref(request.url, request.sha256, _secret(request))
         return ModuleState(
             url=request.display_url,
             sha256=request.sha256,
@@ -336,11 +486,21 @@ class ModuleResolver:
             size=module.size if isinstance(module, Module) else None,
             path=str(module.path) if module is not None else None,
             next_retry_in=retry_in,
+            layout=(ref.layout or None) if ref is not None else None,
+            manifest_digest=(ref.manifest or None) if ref is not None else None,
         )
 
 
-def _url_key(request: ModuleRequest) -> UrlKey:
-    return (request.url, request.sha256.strip().lower())
+def _secret(request: ModuleRequest) -> str:
+    return "" if request.pull_secret is None else str(request.pull_secret)
+
+
+def _pinned_digest(url: str) -> str:
+    """The hex digest an ``oci://…@sha256:`` URL pins, or ""."""
+    if not url.startswith(_OCI_PREFIX) or _PINNED not in url:
+        return ""
+    digest = url.rsplit(_PINNED, 1)[1].lower()
+    return digest if is_digest(digest) else ""
 
 
 def _scheme(request: ModuleRequest) -> str:

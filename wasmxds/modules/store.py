@@ -62,6 +62,48 @@ class ModuleStore:
             return None
         return None if size is None else Module(digest=digest, path=path, size=size)
 
+    def list_modules(self) -> list[tuple[Module, float]]:
+        """Every module on disk with its modification time (for the purge)."""
+        found: list[tuple[Module, float]] = []
+        try:
+            entries = list(os.scandir(self._dir))
+        except FileNotFoundError:
+            return found
+        for entry in entries:
+            digest = entry.name.removesuffix(".wasm")
+            if not entry.name.endswith(".wasm") or not is_digest(digest):
+                continue
+            try:
+                stat = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            found.append((Module(digest, Path(entry.path), stat.st_size), stat.st_mtime))
+        return found
+
+    def remove(self, digest: str) -> bool:
+        """Delete one module; True when it was there."""
+        try:
+            self.path_for(digest).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def remove_stale_temporaries(self, older_than: float) -> int:
+        """Delete ``.tmp-*`` files a crash left behind (mtime before ``older_than``)."""
+        removed = 0
+        try:
+            entries = list(os.scandir(self._dir))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            if not entry.name.startswith(".tmp-"):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat(follow_symlinks=False).st_mtime < older_than:
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
     async def put(self, data: bytes) -> Module:
         """Store ``data`` (hashing and disk I/O run in a worker thread) and describe it."""
         return await asyncio.to_thread(self._put, data)

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from wasmxds.api.objects import ObjectKey
 from wasmxds.errors import ModuleError
 
 __all__ = [
     "Failed",
+    "Fetched",
     "LocalFile",
     "Module",
     "ModuleOutcome",
@@ -41,13 +43,16 @@ class ModuleRequest:
     ``url`` always carries a scheme (``oci://`` is added when the user wrote
     none, as Istio does). ``generation`` is the plugin's fingerprint: with
     ``ALWAYS`` a new generation means "pull again", mirroring Istio's
-    re-pull on resourceVersion change.
+    re-pull on resourceVersion change. ``pull_secret`` names the image pull
+    secret (in the plugin's namespace) by reference only; credentials are looked
+    up when fetching and never travel in a request.
     """
 
     url: str
     sha256: str = ""
     pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
     generation: str = ""
+    pull_secret: ObjectKey | None = None
 
     @property
     def scheme(self) -> str:
@@ -55,10 +60,17 @@ class ModuleRequest:
 
     @property
     def cache_key(self) -> tuple[str, ...]:
-        """Requests with the same key share one fetch and one outcome."""
+        """Requests with the same key share one fetch and one outcome.
+
+        The secret is part of the key: a plugin whose secret is missing or wrong
+        fails on its own instead of riding on another plugin's credentials (a
+        module pinned by a digest that is already cached is served to anyone who
+        names that digest, as in Istio).
+        """
+        secret = "" if self.pull_secret is None else str(self.pull_secret)
         if self.pull_policy is PullPolicy.ALWAYS:
-            return (self.url, self.sha256, self.generation)
-        return (self.url, self.sha256)
+            return (self.url, self.sha256, self.generation, secret)
+        return (self.url, self.sha256, secret)
 
     @property
     def display_url(self) -> str:
@@ -73,6 +85,22 @@ class Module:
     digest: str
     path: Path
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A fetcher's answer when it stored the module itself, with its provenance.
+
+    OCI fetches return this: they deduplicate by manifest digest and may find the
+    module already cached without downloading a layer. ``manifest_digest`` is the
+    image manifest's sha256 (hex), ``index_digest`` the image index's when the
+    reference named one, and ``layout`` how the module was packaged.
+    """
+
+    module: Module
+    manifest_digest: str = ""
+    index_digest: str = ""
+    layout: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,10 @@ Per file, the source remembers the last good version of every object:
 - the same namespace/name in two files is an error that keeps the definition
   that was loaded first.
 
+Image pull secrets (``kubernetes.io/dockerconfigjson`` Secrets) in the same
+files follow the same rules, kept apart from plugins (a Secret and a
+WasmPlugin may share a namespace/name).
+
 Changes arrive from watchfiles in batches. Each changed path is re-examined on
 disk rather than trusting the event kind, so editors that save through a
 temporary file and a rename, deletes, and new subdirectories all come out
@@ -30,6 +34,7 @@ import watchfiles
 from wasmxds.api.files import is_config_file, iter_config_files
 from wasmxds.api.objects import ObjectKey, Problem, Severity, WasmPlugin
 from wasmxds.api.parse import parse_bytes
+from wasmxds.api.secrets import PullSecret
 from wasmxds.sources.state import SourceState
 
 __all__ = ["DirectorySource"]
@@ -43,6 +48,7 @@ class _FileRecord:
     digest: str = ""
     plugins: dict[ObjectKey, WasmPlugin] = field(default_factory=dict)
     problems: tuple[Problem, ...] = ()
+    secrets: dict[ObjectKey, PullSecret] = field(default_factory=dict)
 
 
 def _is_swap_marker(path: Path) -> bool:
@@ -156,8 +162,9 @@ class DirectorySource:
         parsed = parse_bytes(data, str(path), default_namespace=self._default_namespace)
         problems = list(parsed.problems)
         if not parsed.syntax_ok:
-            if record.plugins:
-                problems.append(self._kept_note(path, len(record.plugins), "this file"))
+            if record.plugins or record.secrets:
+                kept = len(record.plugins) + len(record.secrets)
+                problems.append(self._kept_note(path, kept, "this file"))
         else:
             plugins = {plugin.key: plugin for plugin in parsed.plugins}
             for key in parsed.invalid_keys:
@@ -166,12 +173,20 @@ class DirectorySource:
                     plugins[key] = previous
                     problems.append(self._kept_note(path, previous.origin.line, str(key)))
             record.plugins = plugins
+            secrets = {secret.key: secret for secret in parsed.secrets}
+            for key in parsed.invalid_secrets:
+                kept_secret = record.secrets.get(key)
+                if kept_secret is not None and key not in secrets:
+                    secrets[key] = kept_secret
+                    problems.append(self._kept_note(path, kept_secret.origin.line, f"Secret {key}"))
+            record.secrets = secrets
         record.problems = tuple(problems)
         self._log_problems(record.problems)
         log.info(
             "source.file_loaded",
             path=str(path),
             plugins=len(record.plugins),
+            secrets=len(record.secrets),
             problems=len(problems),
         )
         return True
@@ -197,6 +212,7 @@ class DirectorySource:
 
     def _merge(self) -> SourceState:
         plugins: dict[ObjectKey, WasmPlugin] = {}
+        secrets: dict[ObjectKey, PullSecret] = {}
         problems: list[Problem] = []
         for path, record in sorted(self._files.items(), key=lambda item: item[1].seq):
             problems.extend(record.problems)
@@ -213,4 +229,17 @@ class DirectorySource:
                 )
                 problems.append(duplicate)
                 self._log_problems([duplicate])
-        return SourceState(plugins=plugins, problems=tuple(problems))
+            for key, secret in record.secrets.items():
+                first_secret = secrets.get(key)
+                if first_secret is None:
+                    secrets[key] = secret
+                    continue
+                duplicate = Problem(
+                    str(path),
+                    secret.origin.line,
+                    f"Secret {key} is already defined at {first_secret.origin}; "
+                    "keeping that definition",
+                )
+                problems.append(duplicate)
+                self._log_problems([duplicate])
+        return SourceState(plugins=plugins, problems=tuple(problems), secrets=secrets)

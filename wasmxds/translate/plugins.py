@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from envoy.config.core.v3 import extension_pb2
 
 from wasmxds.api.objects import WasmPlugin
 from wasmxds.api.proto import wasm_pb2
+from wasmxds.errors import ModuleError, ModuleTooLargeError
 from wasmxds.modules.types import Failed, LocalFile, Module, Ready
 from wasmxds.translate.filters import (
     Code,
     FilterKind,
+    InlineCode,
     LocalCode,
     RemoteCode,
     StandIn,
@@ -23,6 +26,7 @@ from wasmxds.translate.filters import (
 
 __all__ = [
     "Delivery",
+    "InlineDelivery",
     "LocalDelivery",
     "PluginResources",
     "RemoteDelivery",
@@ -61,7 +65,27 @@ class RemoteDelivery:
         )
 
 
-Delivery = LocalDelivery | RemoteDelivery
+@dataclass(frozen=True, slots=True)
+class InlineDelivery:
+    """The module's bytes travel inside the resource; for small modules only.
+
+    Translation stays pure: the reconcile stage loads the bytes of the modules
+    it is about to translate into ``blobs`` (digest → bytes) beforehand.
+    """
+
+    max_size: int
+    blobs: Mapping[str, bytes] = field(default_factory=dict)
+
+    def code(self, module: Module) -> Code:
+        if module.size > self.max_size:
+            raise ModuleTooLargeError(
+                f"module {module.digest[:12]} is {module.size} bytes; inline delivery takes at "
+                f"most {self.max_size} (use --module-delivery local or remote for it)"
+            )
+        return InlineCode(self.blobs[module.digest])
+
+
+Delivery = LocalDelivery | RemoteDelivery | InlineDelivery
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +119,17 @@ def plugin_resources(
             reason=str(outcome.error),
         )
     module = outcome.module
-    code = LocalCode(module.path) if isinstance(module, LocalFile) else delivery.code(module)
+    try:
+        code = LocalCode(module.path) if isinstance(module, LocalFile) else delivery.code(module)
+    except ModuleError as exc:
+        standin = _failure_standin(plugin)
+        return PluginResources(
+            plugin=plugin,
+            kind=kind,
+            config=standin_config(plugin.resource_name, kind, standin),
+            standin=standin,
+            reason=str(exc),
+        )
     return PluginResources(
         plugin=plugin,
         kind=kind,

@@ -1,8 +1,14 @@
-"""The gRPC edge: ADS streams in, snapshots out.
+"""The gRPC edge: xDS streams in, snapshots out.
 
-The server holds per-stream protocol state only (:mod:`wasmxds.xds.sotw`).
-Responses are assembled from bytes prepared once per resource version, so the
-handlers use a pass-through serializer instead of building messages per stream.
+Served on one port: ADS (``StreamAggregatedResources`` and
+``DeltaAggregatedResources``) and the standalone ECDS service
+(``StreamExtensionConfigs`` and ``DeltaExtensionConfigs``), for configs whose
+``config_source`` points straight at wasmxds instead of ADS.
+
+The server holds per-stream protocol state only (:mod:`wasmxds.xds.sotw`,
+:mod:`wasmxds.xds.delta`). Responses are assembled from bytes prepared once
+per resource version, so the handlers use a pass-through serializer instead of
+building messages per stream.
 """
 
 from __future__ import annotations
@@ -11,31 +17,40 @@ import asyncio
 import itertools
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from prometheus_client import Counter
 
 from wasmxds import __version__
+from wasmxds.metrics import Metrics
 from wasmxds.settings import HostPort
 from wasmxds.translate.node import NodeInfo, node_info_from_proto
-from wasmxds.translate.typeurls import TYPED_EXTENSION_CONFIG
 from wasmxds.xds import wire
+from wasmxds.xds.delta import DeltaStream
+from wasmxds.xds.protocol import ProtocolError, Verdict
 from wasmxds.xds.snapshot import Snapshot
-from wasmxds.xds.sotw import ProtocolError, SotwStream, Verdict
+from wasmxds.xds.sotw import SotwStream
+from wasmxds.xds.types import ECDS, WILDCARD
 
-__all__ = ["Session", "XdsServer"]
+__all__ = ["Session", "TlsFiles", "XdsServer"]
 
 log = structlog.get_logger(__name__)
 
 # Requests are parsed messages; responses are pre-assembled bytes.
-_Context = grpc.aio.ServicerContext[discovery_pb2.DiscoveryRequest, bytes]
+_Context = grpc.aio.ServicerContext[Any, bytes]
+Protocol = SotwStream | DeltaStream
 
 _ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-_CONTROL_PLANE_FIELD = 6  # DiscoveryResponse.control_plane
+_ECDS_SERVICE = "envoy.service.extension.v3.ExtensionConfigDiscoveryService"
+_SOTW_CONTROL_PLANE = 6  # DiscoveryResponse.control_plane
+_DELTA_CONTROL_PLANE = 7  # DeltaDiscoveryResponse.control_plane
 
 # Envoy's delta requests can exceed gRPC's 4 MiB default at scale (Envoy #36169,
 # Envoy Gateway #9564); raise it well beyond.
@@ -51,24 +66,76 @@ _SERVER_OPTIONS = [
     # answer that with GOAWAY(too_many_pings).
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),
+    # gRPC core queues new calls the application has not picked up yet, and
+    # refuses them beyond 1000 (at random) and 3000 (always). grpc.aio picks
+    # them up one at a time on the event loop, so a burst of reconnecting
+    # proxies (thousands after a restart or a network blip) overflows the queue
+    # and they fail into Envoy's backoff, up to 30 s. A waiting call is cheap:
+    # let bursts wait instead (benchmarks/: 10k streams at once sync with no
+    # failure; with the defaults about a third of them fail).
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 50_000),
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """Server certificate and key; with ``client_ca``, clients must present a cert it signed."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key.read_bytes(), self.cert.read_bytes())],
+            root_certificates=self.client_ca.read_bytes() if self.client_ca else None,
+            require_client_auth=self.client_ca is not None,
+        )
 
 
 @dataclass(eq=False)
 class Session:
-    """One connected stream: who is on it and its protocol state."""
+    """One connected stream: who is on it, how it speaks, and its protocol state."""
 
     id: int
     node: NodeInfo
     peer: str
-    protocol: SotwStream
+    protocol: Protocol
+    service: str
+    identity: str = ""
     connected_at: float = field(default_factory=time.time)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    sent_at: dict[str, float] = field(default_factory=dict)
+    """Per type: when the response now awaiting an answer was sent (monotonic)."""
+    woken_by: Snapshot | None = None
+    """The snapshot whose publication woke this stream, until the writer has run."""
+
+    @property
+    def flavour(self) -> str:
+        return "delta" if isinstance(self.protocol, DeltaStream) else "sotw"
+
+    def ecds_names(self) -> frozenset[str]:
+        state = self.protocol.types.get(ECDS)
+        return frozenset(state.names) if state is not None else frozenset()
+
+    def watches_wildcard(self) -> bool:
+        return any(t in self.protocol.types for t in WILDCARD)
 
 
-def _control_plane_field() -> bytes:
+def _control_plane(field_number: int) -> bytes:
     identity = base_pb2.ControlPlane(identifier=f"wasmxds/{__version__}@{socket.gethostname()}")
-    return wire.length_delimited(_CONTROL_PLANE_FIELD, identity.SerializeToString())
+    return wire.length_delimited(field_number, identity.SerializeToString())
+
+
+def _peer_identity(context: _Context) -> str:
+    """The client certificate's subject (CN or SAN) on mTLS streams, else ""."""
+    auth = context.auth_context()
+    for key in ("x509_subject_alternative_name", "x509_common_name"):
+        values = auth.get(key)
+        if values:
+            return ",".join(v.decode(errors="replace") for v in values)
+    return ""
 
 
 class XdsServer:
@@ -81,22 +148,46 @@ class XdsServer:
         root_namespace: str,
         max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
         grace: float = 5.0,
+        tls: TlsFiles | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._address = address
+        self._metrics = metrics or Metrics()
+        self._metrics.live_gauge(
+            "wasmxds_xds_connected_proxies",
+            "open xDS streams",
+            ("flavour", "service"),
+            self._connected_counts,
+        )
+        # Labelled metric children resolved once: labels() costs a locked lookup
+        # per call, and these are recorded per stream on every push.
+        self._send_to_ack = self._metrics.push_latency.labels("send_to_ack")
+        self._change_to_send = self._metrics.push_latency.labels("change_to_send")
+        self._pushes: dict[tuple[str, str], Counter] = {}
         self._max_receive_bytes = max_receive_bytes
         self._grace = grace
+        self._tls = tls
         self._snapshot = Snapshot.empty(root_namespace)
         self._has_snapshot = asyncio.Event()
         self._sessions: dict[int, Session] = {}
         self._by_name: dict[str, set[Session]] = {}
+        self._wildcard: set[Session] = set()
         self._ids = itertools.count(1)
-        self._control_plane = _control_plane_field()
+        self._sotw_control_plane = _control_plane(_SOTW_CONTROL_PLANE)
+        self._delta_control_plane = _control_plane(_DELTA_CONTROL_PLANE)
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
 
     @property
     def snapshot(self) -> Snapshot:
         return self._snapshot
+
+    def _connected_counts(self) -> list[tuple[tuple[str, str], float]]:
+        counts: dict[tuple[str, str], int] = {}
+        for session in self._sessions.values():
+            key = (session.flavour, session.service)
+            counts[key] = counts.get(key, 0) + 1
+        return [(key, float(n)) for key, n in counts.items()]
 
     @property
     def sessions(self) -> list[Session]:
@@ -112,35 +203,63 @@ class XdsServer:
         woken: set[Session] = set()
         for name in snapshot.changed_names(previous):
             woken |= self._by_name.get(name, set())
+        if snapshot.listeners_changed(previous):
+            woken |= self._wildcard
         for session in woken:
+            session.woken_by = snapshot
             session.wake.set()
         return len(woken)
 
     # -- lifecycle --------------------------------------------------------
+
+    def _handlers(self) -> list[grpc.GenericRpcHandler]:
+        def stream(
+            behaviour: Callable[[Any, _Context], Any], request_type: Any
+        ) -> grpc.RpcMethodHandler[Any, bytes]:
+            return grpc.stream_stream_rpc_method_handler(
+                behaviour,
+                request_deserializer=request_type.FromString,
+                response_serializer=None,  # responses are pre-assembled bytes
+            )
+
+        sotw, delta = discovery_pb2.DiscoveryRequest, discovery_pb2.DeltaDiscoveryRequest
+        return [
+            grpc.method_handlers_generic_handler(
+                _ADS_SERVICE,
+                {
+                    "StreamAggregatedResources": stream(self._ads_sotw, sotw),
+                    "DeltaAggregatedResources": stream(self._ads_delta, delta),
+                },
+            ),
+            grpc.method_handlers_generic_handler(
+                _ECDS_SERVICE,
+                {
+                    "StreamExtensionConfigs": stream(self._ecds_sotw, sotw),
+                    "DeltaExtensionConfigs": stream(self._ecds_delta, delta),
+                },
+            ),
+        ]
 
     async def run(self, started: asyncio.Event | None = None) -> None:
         """Listen until cancelled; then stop taking streams and close them within the grace."""
         server = grpc.aio.server(
             options=[*_SERVER_OPTIONS, ("grpc.max_receive_message_length", self._max_receive_bytes)]
         )
-        handler = grpc.method_handlers_generic_handler(
-            _ADS_SERVICE,
-            {
-                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                    self._stream_aggregated,
-                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-                    # Responses are pre-assembled bytes (see module docstring).
-                    response_serializer=None,
-                ),
-            },
-        )
-        server.add_generic_rpc_handlers((handler,))
-        self.port = server.add_insecure_port(str(self._address))
+        server.add_generic_rpc_handlers(self._handlers())
+        address = str(self._address)
+        if self._tls is not None:
+            self.port = server.add_secure_port(address, self._tls.credentials())
+        else:
+            self.port = server.add_insecure_port(address)
         if not self.port:
             raise OSError(f"cannot listen for xDS on {self._address}")
         self._server = server
         await server.start()
-        log.info("xds.listening", address=f"{self._address.host}:{self.port}")
+        log.info(
+            "xds.listening",
+            address=f"{self._address.host}:{self.port}",
+            tls="mutual" if self._tls and self._tls.client_ca else "server" if self._tls else "off",
+        )
         if started is not None:
             started.set()
         try:
@@ -155,50 +274,99 @@ class XdsServer:
 
     # -- streams ----------------------------------------------------------
 
-    def _reindex(self, session: Session, before: frozenset[str], after: frozenset[str]) -> None:
-        for name in before - after:
+    async def _ads_sotw(self, requests: AsyncIterator[Any], context: _Context) -> None:
+        await self._serve(context, delta=False, service="ads", default_type="")
+
+    async def _ads_delta(self, requests: AsyncIterator[Any], context: _Context) -> None:
+        await self._serve(context, delta=True, service="ads", default_type="")
+
+    async def _ecds_sotw(self, requests: AsyncIterator[Any], context: _Context) -> None:
+        await self._serve(context, delta=False, service="ecds", default_type=ECDS)
+
+    async def _ecds_delta(self, requests: AsyncIterator[Any], context: _Context) -> None:
+        await self._serve(context, delta=True, service="ecds", default_type=ECDS)
+
+    def _index(self, session: Session, before: frozenset[str]) -> None:
+        after = session.ecds_names()
+        if after != before:
+            for name in before - after:
+                holders = self._by_name.get(name)
+                if holders is not None:
+                    holders.discard(session)
+                    if not holders:
+                        del self._by_name[name]
+            for name in after - before:
+                self._by_name.setdefault(name, set()).add(session)
+        if session.watches_wildcard():
+            self._wildcard.add(session)
+
+    def _forget(self, session: Session) -> None:
+        for name in session.ecds_names():
             holders = self._by_name.get(name)
             if holders is not None:
                 holders.discard(session)
                 if not holders:
                     del self._by_name[name]
-        for name in after - before:
-            self._by_name.setdefault(name, set()).add(session)
+        self._wildcard.discard(session)
+        self._sessions.pop(session.id, None)
 
-    def _ecds_names(self, session: Session) -> frozenset[str]:
-        state = session.protocol.types.get(TYPED_EXTENSION_CONFIG)
-        return state.names if state is not None else frozenset()
-
-    def _handle(self, session: Session, request: discovery_pb2.DiscoveryRequest) -> None:
-        before = self._ecds_names(session)
+    def _handle(self, session: Session, request: Any, default_type: str) -> None:
+        if default_type and not request.type_url:
+            request.type_url = default_type
+        before = session.ecds_names()
+        answered = session.protocol.in_flight_names(request.type_url)
         verdict = session.protocol.handle(request)
-        if verdict is Verdict.NACK:
+        if verdict is Verdict.ACK:
+            sent = session.sent_at.pop(request.type_url, None)
+            if sent is not None:
+                self._send_to_ack.observe(time.monotonic() - sent)
+        elif verdict is Verdict.NACK:
+            session.sent_at.pop(request.type_url, None)
+            for name in answered:
+                self._metrics.nacks.labels(request.type_url, name).inc()
             log.warning(
                 "xds.nack",
                 node=session.node.id,
                 type_url=request.type_url,
-                version=request.version_info,
+                nonce=request.response_nonce,
                 error=request.error_detail.message,
             )
         elif verdict is Verdict.STALE:
             log.debug("xds.stale_nonce", node=session.node.id, nonce=request.response_nonce)
-        self._reindex(session, before, self._ecds_names(session))
-        session.wake.set()
+        self._index(session, before)
+        # Most requests are the ACK of a push: nothing follows from them, and
+        # waking the writer for nothing costs as much as a push's own protocol work.
+        if not session.protocol.settled(self._snapshot):
+            session.wake.set()
 
-    async def _read_requests(self, context: _Context, session: Session) -> None:
+    async def _read_requests(self, context: _Context, session: Session, default_type: str) -> None:
         try:
             while True:
                 request = await context.read()
                 if request is grpc.aio.EOF:
                     return
-                self._handle(session, request)
+                self._handle(session, request, default_type)
         finally:
             session.wake.set()
 
-    async def _stream_aggregated(
-        self,
-        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
-        context: _Context,
+    async def _send(self, context: _Context, session: Session) -> None:
+        snapshot = self._snapshot
+        changed_at = session.woken_by.changed_at if session.woken_by is not None else None
+        session.woken_by = None
+        for type_url, payload in session.protocol.responses(snapshot):
+            await context.write(payload)
+            now = time.monotonic()
+            session.sent_at[type_url] = now
+            key = (type_url, session.flavour)
+            pushes = self._pushes.get(key)
+            if pushes is None:
+                pushes = self._pushes[key] = self._metrics.pushes.labels(*key)
+            pushes.inc()
+            if changed_at is not None:
+                self._change_to_send.observe(now - changed_at)
+
+    async def _serve(
+        self, context: _Context, *, delta: bool, service: str, default_type: str
     ) -> None:
         first = await context.read()
         if first is grpc.aio.EOF:
@@ -208,24 +376,38 @@ class XdsServer:
                 grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node"
             )
         node = node_info_from_proto(first.node)
+        # Until the sources have been read once, every answer would be "nothing".
         await self._has_snapshot.wait()
+        protocol: Protocol = (
+            DeltaStream(node, control_plane=self._delta_control_plane)
+            if delta
+            else SotwStream(node, control_plane=self._sotw_control_plane)
+        )
         session = Session(
             id=next(self._ids),
             node=node,
             peer=context.peer(),
-            protocol=SotwStream(node, control_plane=self._control_plane),
+            protocol=protocol,
+            service=service,
+            identity=_peer_identity(context) if self._tls else "",
         )
         self._sessions[session.id] = session
-        log.info("xds.connected", node=node.id, namespace=node.namespace, peer=session.peer)
+        log.info(
+            "xds.connected",
+            node=node.id,
+            namespace=node.namespace,
+            peer=session.peer,
+            flavour=session.flavour,
+            service=service,
+        )
         reader: asyncio.Task[None] | None = None
         try:
-            self._handle(session, first)
+            self._handle(session, first, default_type)
             reader = asyncio.create_task(
-                self._read_requests(context, session), name=f"xds.read.{session.id}"
+                self._read_requests(context, session, default_type), name=f"xds.read.{session.id}"
             )
             while True:
-                for payload in session.protocol.responses(self._snapshot):
-                    await context.write(payload)
+                await self._send(context, session)
                 if reader.done():
                     reader.result()
                     return
@@ -236,6 +418,5 @@ class XdsServer:
         finally:
             if reader is not None:
                 reader.cancel()
-            self._reindex(session, self._ecds_names(session), frozenset())
-            del self._sessions[session.id]
+            self._forget(session)
             log.info("xds.disconnected", node=node.id, peer=session.peer)

@@ -27,13 +27,19 @@ Protocol decisions follow the xDS spec
 
 from __future__ import annotations
 
-import enum
-import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from wasmxds.xds import wire
+from wasmxds.xds.protocol import (
+    ProtocolError,
+    Verdict,
+    listener_references,
+    send_rank,
+    versions_hash,
+)
 from wasmxds.xds.resources import PreparedResource
+from wasmxds.xds.types import ECDS, FULL_STATE, LISTENER, WILDCARD
 
 if TYPE_CHECKING:
     from envoy.service.discovery.v3 import discovery_pb2
@@ -49,26 +55,9 @@ _TYPE_URL = 4
 _NONCE = 5
 
 
-class ProtocolError(Exception):
-    """The client broke the protocol; the stream should end with INVALID_ARGUMENT."""
-
-
-class Verdict(enum.Enum):
-    """What a request turned out to be."""
-
-    INITIAL = "initial"
-    ACK = "ack"
-    NACK = "nack"
-    UPDATE = "update"
-    STALE = "stale"
-
-
 def held_version(held: dict[str, PreparedResource]) -> str:
     """The version_info for a set of resources: a hash of their names and versions."""
-    digest = hashlib.blake2b(digest_size=8)
-    for name in sorted(held):
-        digest.update(f"{name}\0{held[name].version}\0".encode())
-    return digest.hexdigest()
+    return versions_hash({name: resource.version for name, resource in held.items()})
 
 
 @dataclass(slots=True)
@@ -77,6 +66,9 @@ class TypeState:
 
     type_url: str
     names: frozenset[str] = frozenset()
+    wildcard: bool = False
+    """Subscribed to every resource of the type: ``*``, or legacy wildcard (an empty
+    first request for LDS/CDS, as Envoy sends them)."""
     held: dict[str, PreparedResource] = field(default_factory=dict)
     """What the client holds once every response sent so far is applied (optimistic,
     as in go-control-plane: counted when sent, corrected on NACK)."""
@@ -87,9 +79,17 @@ class TypeState:
     acked_version: str = ""
     resume_version: str = ""
     rejected: dict[str, str] = field(default_factory=dict)
+    rejected_state: str = ""
+    """For full-state types: the version (whole set) the client rejected."""
     suspects: set[str] = field(default_factory=set)
     last_error: str = ""
     nacks: int = 0
+    last_outcome: str = ""
+    """"ack" or "nack": how the client answered the latest response it answered."""
+    settled_on: object = None
+    """The snapshot for which nothing is left to send (all of it sent, nothing held
+    back), until a request other than a plain ACK changes the state. Lets the ACK
+    of every push skip recomputing a response that would be empty."""
 
 
 class SotwStream:
@@ -112,6 +112,8 @@ class SotwStream:
             # A reconnecting client sends the version it last accepted; if the
             # resources it asks for still hash to it, nothing needs resending.
             state.resume_version = request.version_info
+            # Legacy wildcard: only an empty *first* request means "everything".
+            state.wildcard = request.type_url in WILDCARD and not request.resource_names
             verdict = Verdict.INITIAL
         elif state.last_nonce and request.response_nonce != state.last_nonce:
             return Verdict.STALE
@@ -122,20 +124,39 @@ class SotwStream:
             else:
                 state.acked_version = request.version_info
                 verdict = Verdict.ACK
+            state.last_outcome = verdict.value
             state.in_flight = ""
             state.in_flight_resources = ()
         names = frozenset(request.resource_names)
+        wildcard = state.wildcard
+        if "*" in names:
+            state.wildcard, names = True, names - {"*"}
+        elif names and verdict is not Verdict.INITIAL:
+            state.wildcard = False
         if names != state.names:
             for gone in state.names - names:
                 state.held.pop(gone, None)
                 state.rejected.pop(gone, None)
                 state.suspects.discard(gone)
             state.names = names
+        elif verdict is Verdict.ACK and state.wildcard == wildcard:
+            return verdict  # a plain ACK: what is left to send is unchanged
+        state.settled_on = None
         return verdict
+
+    def in_flight_names(self, type_url: str) -> list[str]:
+        """Resources of the response for ``type_url`` awaiting an answer."""
+        state = self.types.get(type_url)
+        return [] if state is None else [r.name for r in state.in_flight_resources]
 
     def _rejected(self, state: TypeState, message: str) -> None:
         state.nacks += 1
         state.last_error = message
+        if state.type_url in FULL_STATE:
+            # The whole set is one unit: park that exact set until it changes.
+            state.rejected_state = state.sent_version
+            state.held = {}
+            return
         rejected = state.in_flight_resources
         if len(rejected) == 1:
             state.rejected[rejected[0].name] = rejected[0].version
@@ -147,7 +168,41 @@ class SotwStream:
             if state.held.get(resource.name) is resource:
                 del state.held[resource.name]
 
+    def _removal_blocked(self, type_url: str, name: str) -> bool:
+        """Whether a listener the client may still be using references ECDS ``name``.
+
+        The listener must drop the reference before the resource goes; until
+        the LDS update is acknowledged the removal waits.
+        """
+        listeners = self.types.get(LISTENER)
+        if type_url != ECDS or listeners is None:
+            return False
+        return bool(listeners.in_flight) or name in listener_references(listeners.held.values())
+
+    def _desired(self, state: TypeState, snapshot: Snapshot) -> dict[str, PreparedResource]:
+        if state.wildcard:
+            return snapshot.resolve_all(state.type_url, self.node)
+        return snapshot.resolve(state.type_url, self.node, state.names)
+
+    def _full_state(self, state: TypeState, snapshot: Snapshot) -> list[PreparedResource] | None:
+        """For LDS/CDS: the complete set when it differs from what the client holds."""
+        desired = self._desired(state, snapshot)
+        version = held_version(desired)
+        if state.resume_version:
+            resume, state.resume_version = state.resume_version, ""
+            if version == resume:
+                state.held = dict(desired)
+                state.sent_version = state.acked_version = resume
+                return None
+        elif version == held_version(state.held) and state.sent_version:
+            return None
+        if version == state.rejected_state:
+            return None
+        state.held = dict(desired)
+        return list(desired.values())
+
     def _wanted(self, state: TypeState, snapshot: Snapshot) -> list[PreparedResource]:
+        """What to send; clears ``state.settled_on`` when anything is held back."""
         desired = snapshot.resolve(state.type_url, self.node, state.names)
         if state.resume_version:
             resume, state.resume_version = state.resume_version, ""
@@ -165,6 +220,9 @@ class SotwStream:
             if want is None:
                 if have is None:
                     continue
+                if self._removal_blocked(state.type_url, name):
+                    state.settled_on = None  # an LDS ACK may unblock it
+                    continue
                 want = snapshot.removed_placeholder(name, have)
                 if want is None:
                     continue
@@ -178,17 +236,26 @@ class SotwStream:
     def next_response(self, type_url: str, snapshot: Snapshot) -> bytes | None:
         """The serialized DiscoveryResponse to send now for ``type_url``, if any."""
         state = self.types.get(type_url)
-        if state is None or state.in_flight:
+        if state is None or state.in_flight or state.settled_on is snapshot:
             return None
-        to_send = self._wanted(state, snapshot)
-        if not to_send:
-            return None
-        suspects = [r for r in to_send if r.name in state.suspects]
-        if suspects:
-            to_send = suspects[:1]
-            state.suspects.discard(suspects[0].name)
-        for resource in to_send:
-            state.held[resource.name] = resource
+        state.settled_on = snapshot
+        if type_url in FULL_STATE:
+            full = self._full_state(state, snapshot)
+            if full is None:
+                return None
+            to_send = full
+        else:
+            to_send = self._wanted(state, snapshot)
+            if not to_send:
+                return None
+            suspects = [r for r in to_send if r.name in state.suspects]
+            if suspects:
+                if len(to_send) > 1:
+                    state.settled_on = None  # the rest goes once this one is answered
+                to_send = suspects[:1]
+                state.suspects.discard(suspects[0].name)
+            for resource in to_send:
+                state.held[resource.name] = resource
         self._nonce += 1
         nonce = str(self._nonce)
         state.in_flight = state.last_nonce = nonce
@@ -204,11 +271,15 @@ class SotwStream:
             )
         )
 
-    def responses(self, snapshot: Snapshot) -> list[bytes]:
-        """Everything to send now, across types."""
+    def settled(self, snapshot: Snapshot) -> bool:
+        """True when :meth:`responses` would send nothing now for ``snapshot``."""
+        return all(s.in_flight or s.settled_on is snapshot for s in self.types.values())
+
+    def responses(self, snapshot: Snapshot) -> list[tuple[str, bytes]]:
+        """Everything to send now as (type URL, payload), clusters first (make before break)."""
         out = []
-        for type_url in self.types:
+        for type_url in sorted(self.types, key=send_rank):
             payload = self.next_response(type_url, snapshot)
             if payload is not None:
-                out.append(payload)
+                out.append((type_url, payload))
         return out

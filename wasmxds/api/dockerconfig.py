@@ -1,0 +1,164 @@
+"""The Docker config format (``config.json`` / ``.dockerconfigjson``): registry credentials.
+
+Both a ``kubernetes.io/dockerconfigjson`` Secret and ``~/.docker/config.json``
+hold ``{"auths": {"<registry>": {"auth": base64("user:pass")}}}``, optionally
+with ``username``/``password``, ``identitytoken`` (an OAuth2 refresh token) or
+``registrytoken`` (a bearer token used as is). Keys are normalised the way
+Docker's ``ConvertToHostname`` does, and Docker Hub's aliases meet under
+``index.docker.io``, so a lookup by registry host finds what ``docker login``
+wrote.
+
+Nothing in this module ever puts a credential into a message or a ``repr``:
+errors say which field is wrong, never what it holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = [
+    "DOCKER_HUB_AUTH_KEY",
+    "DockerConfig",
+    "DockerConfigError",
+    "RegistryCredentials",
+    "normalize_registry",
+    "parse_docker_config",
+]
+
+# Where `docker login` (no argument) stores Docker Hub credentials, after normalising.
+DOCKER_HUB_AUTH_KEY = "index.docker.io"
+_DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+# A config is a few KiB; anything far larger is not one (and must not eat memory).
+_MAX_CONFIG_BYTES = 1 << 20
+
+
+class DockerConfigError(ValueError):
+    """The content is not a usable Docker config; the message names the field, never its value."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryCredentials:
+    """What to authenticate to one registry with. ``repr`` shows only which kinds are present."""
+
+    username: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+    identity_token: str = field(default="", repr=False)
+    registry_token: str = field(default="", repr=False)
+
+    @property
+    def has_basic(self) -> bool:
+        return bool(self.username or self.password)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.has_basic or self.identity_token or self.registry_token)
+
+    def __repr__(self) -> str:
+        kinds = [
+            name
+            for name, present in (
+                ("basic", self.has_basic),
+                ("identity_token", bool(self.identity_token)),
+                ("registry_token", bool(self.registry_token)),
+            )
+            if present
+        ]
+        return f"RegistryCredentials({', '.join(kinds) or 'anonymous'})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class DockerConfig:
+    """Credentials by normalised registry host; ``helpers`` lists hosts delegated to
+    credential helpers (``credHelpers``/``credsStore``), which wasmxds does not run."""
+
+    auths: Mapping[str, RegistryCredentials] = field(default_factory=dict)
+    helpers: frozenset[str] = frozenset()
+    creds_store: bool = False
+
+    def lookup(self, registry: str) -> RegistryCredentials | None:
+        """Credentials for ``registry`` (``host[:port]``), or None when the config has none."""
+        found = self.auths.get(normalize_registry(registry))
+        return None if found is None or found.is_empty else found
+
+    def uses_helper(self, registry: str) -> bool:
+        """True when Docker would ask a credential helper for this registry."""
+        return self.creds_store or normalize_registry(registry) in self.helpers
+
+    def __repr__(self) -> str:
+        return f"DockerConfig(registries={sorted(self.auths)!r})"
+
+
+def normalize_registry(key: str) -> str:
+    """``https://index.docker.io/v1/`` → ``index.docker.io``; ``Host:5000/`` → ``host:5000``."""
+    text = key.strip().lower()
+    for prefix in ("https://", "http://"):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+            break
+    host = text.split("/", 1)[0]
+    return DOCKER_HUB_AUTH_KEY if host in _DOCKER_HUB_ALIASES else host
+
+
+def parse_docker_config(data: bytes | str) -> DockerConfig:
+    """Parse Docker config JSON; raises :class:`DockerConfigError` naming the bad field."""
+    if len(data) > _MAX_CONFIG_BYTES:
+        raise DockerConfigError(f"larger than {_MAX_CONFIG_BYTES} bytes")
+    try:
+        document = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        # json's messages give a position, never content; keep only that much.
+        where = f" at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise DockerConfigError(f"not valid JSON{where}") from None
+    if not isinstance(document, dict):
+        # Istio rejects the literal `null` explicitly; any non-object is as useless.
+        raise DockerConfigError("must be a JSON object with an 'auths' map")
+    auths_value = document.get("auths", {})
+    if not isinstance(auths_value, dict):
+        raise DockerConfigError("'auths' must be an object mapping registries to credentials")
+    auths: dict[str, RegistryCredentials] = {}
+    for key, entry in auths_value.items():
+        if not isinstance(entry, dict):
+            raise DockerConfigError(f"auths[{key!r}] must be an object")
+        auths.setdefault(normalize_registry(key), _credentials(key, entry))
+    helpers_value = document.get("credHelpers", {})
+    helpers = (
+        frozenset(normalize_registry(k) for k in helpers_value)
+        if isinstance(helpers_value, dict)
+        else frozenset()
+    )
+    return DockerConfig(auths=auths, helpers=helpers, creds_store=bool(document.get("credsStore")))
+
+
+def _credentials(key: str, entry: Mapping[str, object]) -> RegistryCredentials:
+    fields: dict[str, str] = {}
+    for name in ("auth", "username", "password", "identitytoken", "registrytoken"):
+        value = entry.get(name, "")
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise DockerConfigError(f"auths[{key!r}].{name} must be a string")
+        fields[name] = value
+    username, password = fields["username"], fields["password"]
+    if fields["auth"]:
+        # As in Docker's decodeAuth: `auth` wins over separate username/password.
+        try:
+            decoded = base64.b64decode(fields["auth"], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise DockerConfigError(
+                f"auths[{key!r}].auth is not base64 of 'user:password'"
+            ) from None
+        username, sep, password = decoded.partition(":")
+        if not sep:
+            raise DockerConfigError(f"auths[{key!r}].auth is not base64 of 'user:password'")
+    return RegistryCredentials(
+        username=username,
+        password=password,
+        identity_token=fields["identitytoken"],
+        registry_token=fields["registrytoken"],
+    )

@@ -1,0 +1,169 @@
+"""``wasmxds status`` and ``wasmxds plugins``: what a running wasmxds is doing, as tables.
+
+Both read the admin server's debug endpoints, like ``istioctl proxy-status``
+reads istiod's; ``-o json`` prints the endpoint's JSON unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+__all__ = ["register"]
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--admin-address",
+        default="127.0.0.1:18001",
+        metavar="HOST:PORT",
+        help="the admin address of the wasmxds to ask (default %(default)s)",
+    )
+    parser.add_argument(
+        "-o", "--output", choices=("table", "json"), default="table", help="(default %(default)s)"
+    )
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = commands.add_parser(
+        "status",
+        help="connected proxies and whether each is in sync",
+        description=(
+            "One line per connected proxy: its namespace, how it talks xDS, and per resource "
+            "type whether it acknowledged what it was sent (SYNCED), has not answered or "
+            "acknowledged the latest (STALE), rejected it (NACKED) or got nothing yet (NOT SENT)."
+        ),
+    )
+    _add_common(status)
+    status.set_defaults(run=run_status)
+    plugins = commands.add_parser(
+        "plugins",
+        help="WasmPlugins, their modules, what is served and where",
+        description=(
+            "One line per WasmPlugin: where it came from, its module's state (ready, stale, "
+            "failed, pending), whether the filter or a fail-strategy stand-in is served, and "
+            "how many connected proxies run it. -o json adds errors, digests and proxy names."
+        ),
+    )
+    _add_common(plugins)
+    plugins.set_defaults(run=run_plugins)
+
+
+def _fetch(args: argparse.Namespace, path: str) -> Any:
+    url = f"http://{args.admin_address}{path}"
+    try:
+        response = httpx.get(url, timeout=10)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"wasmxds: cannot read {url}: {exc}") from exc
+    return response.json()
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    ]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def _age(iso: str) -> str:
+    since = datetime.datetime.fromisoformat(iso)
+    seconds = int((datetime.datetime.now(datetime.UTC) - since).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _type_cell(types: dict[str, Any], name: str) -> str:
+    state = types.get(name)
+    if state is None:
+        return "-"
+    return f"{state['state']} ({len(state['resources'])})"
+
+
+def run_status(args: argparse.Namespace) -> int:
+    proxies = _fetch(args, "/debug/syncz")
+    if args.output == "json":
+        json.dump(proxies, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if not proxies:
+        print("no proxies connected")
+        return 0
+    rows = [["NODE", "NAMESPACE", "XDS", "CDS", "LDS", "ECDS", "AGE", "PEER"]]
+    for proxy in proxies:
+        types = proxy["types"]
+        rows.append(
+            [
+                proxy["node"],
+                proxy["namespace"],
+                f"{proxy['flavour']}/{proxy['service']}",
+                _type_cell(types, "CDS"),
+                _type_cell(types, "LDS"),
+                _type_cell(types, "ECDS"),
+                _age(proxy["connected_since"]),
+                proxy["peer"],
+            ]
+        )
+    sys.stdout.write(_table(rows))
+    nacked = [p for p in proxies for t in p["types"].values() if t["state"] == "NACKED"]
+    for proxy in nacked:
+        for name, state in proxy["types"].items():
+            if state["state"] == "NACKED":
+                print(f"{proxy['node']} rejected {name}: {state['last_nack']}")
+    return 0
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return ""
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f}{unit}"
+    return f"{size}B"
+
+
+def run_plugins(args: argparse.Namespace) -> int:
+    plugins = _fetch(args, "/debug/plugins")
+    if args.output == "json":
+        json.dump(plugins, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if not plugins:
+        print("no WasmPlugins")
+        return 0
+    rows = [["PLUGIN", "MODULE", "STATE", "SERVED", "PROXIES", "SOURCE"]]
+    for plugin in plugins:
+        module = plugin["module"]
+        digest = module.get("digest")
+        module_text = (
+            f"sha256:{digest[:12]} {_size(module.get('size'))}" if digest else module["url"]
+        )
+        served = plugin["served"]
+        if plugin["standin"]:
+            served = plugin["standin"]["kind"]
+        rows.append(
+            [
+                plugin["name"],
+                module_text,
+                module["state"],
+                served,
+                str(len(plugin["proxies"])),
+                plugin["source"],
+            ]
+        )
+    sys.stdout.write(_table(rows))
+    for plugin in plugins:
+        error = plugin["module"].get("error")
+        if error:
+            print(f"{plugin['name']}: {error}")
+    return 0

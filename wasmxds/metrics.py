@@ -1,0 +1,110 @@
+"""Prometheus metrics, one registry per process (per :class:`Metrics` object).
+
+Stages record into the metrics they are given; the admin server exposes the
+registry on ``/metrics``. Gauges about live state (connected proxies, cache
+size) are read at scrape time through collectors, so nothing has to keep them
+in step by hand. Labels never carry credentials: URLs are redacted and module
+references are reduced to their scheme.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["Metrics"]
+
+# Push latencies on loopback are milliseconds; across a fleet, seconds.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+_Reader = Callable[[], Iterable[tuple[tuple[str, ...], float]]]
+
+
+class _Live(Collector):
+    """Gauges computed at scrape time from callbacks."""
+
+    def __init__(self) -> None:
+        self._gauges: list[
+            tuple[str, str, tuple[str, ...], Callable[[], Iterable[tuple[tuple[str, ...], float]]]]
+        ] = []
+
+    def add(
+        self,
+        name: str,
+        documentation: str,
+        labels: tuple[str, ...],
+        read: Callable[[], Iterable[tuple[tuple[str, ...], float]]],
+    ) -> None:
+        self._gauges.append((name, documentation, labels, read))
+
+    def collect(self) -> Iterable[Metric]:
+        for name, documentation, labels, read in self._gauges:
+            family = GaugeMetricFamily(name, documentation, labels=list(labels))
+            for values, value in read():
+                family.add_metric(list(values), value)
+            yield family
+
+
+class Metrics:
+    """Every metric wasmxds exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.pushes = Counter(
+            "wasmxds_xds_pushes", "xDS responses sent", ["type_url", "flavour"], registry=registry
+        )
+        self.push_latency = Histogram(
+            "wasmxds_xds_push_latency_seconds",
+            "push latency: change seen → response sent (stage=change_to_send), "
+            "response sent → ACK (stage=send_to_ack)",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.nacks = Counter(
+            "wasmxds_xds_nacks",
+            "responses proxies rejected",
+            ["type_url", "resource"],
+            registry=registry,
+        )
+        self.module_fetches = Counter(
+            "wasmxds_module_fetches",
+            "module fetch attempts",
+            ["result", "scheme"],
+            registry=registry,
+        )
+        self.cache_lookups = Counter(
+            "wasmxds_module_cache_lookups",
+            "module resolutions answered from the cache (hit) or needing a fetch (miss)",
+            ["result"],
+            registry=registry,
+        )
+        self.debounce_merged = Counter(
+            "wasmxds_debounce_merged_events", "change events merged into pushes", registry=registry
+        )
+        self.debounce_pushes = Counter(
+            "wasmxds_debounce_pushes", "pushes after debouncing", registry=registry
+        )
+        self.reconcile_duration = Histogram(
+            "wasmxds_reconcile_duration_seconds",
+            "time to build and publish a snapshot",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._live = _Live()
+        registry.register(self._live)
+
+    def live_gauge(
+        self,
+        name: str,
+        documentation: str,
+        labels: tuple[str, ...],
+        read: Callable[[], Iterable[tuple[tuple[str, ...], float]]],
+    ) -> None:
+        """A gauge whose samples are read from ``read`` at every scrape."""
+        self._live.add(name, documentation, labels, read)

@@ -1,0 +1,288 @@
+"""The cache's memory across restarts: which URL was which module, and when each was used.
+
+``<cache>/index.json`` records
+
+- **refs**: a request's (URL, sha256, pull secret) → the module digest it last
+  resolved to, with the manifest digest and layout for OCI. Keys are a hash of
+  the URL, so signed query strings and userinfo never reach the disk; a
+  redacted URL is kept beside each entry for people reading the file;
+- **manifests**: OCI manifest (or index) digest → module digest and layout. Manifests are
+  content-addressed, so this never goes stale, and it lets a pull skip the
+  layer download when only a tag moved to a known image;
+- **modules**: module digest → size and last use (wall-clock seconds).
+
+With it a restarted server serves every module it knew while the registry is
+down: ``IfNotPresent`` requests resolve from the index, and ``Always`` falls
+back to the indexed module as a stale-but-ready outcome.
+
+Writes are atomic (temporary file, fsync, rename). A missing file is an
+empty index; a corrupted one is logged and ignored (the modules stay on disk
+and are re-indexed as they are fetched), never a crash. The index is only
+touched from the event loop; :meth:`ModuleIndex.flush` does the disk I/O in a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from wasmxds.modules.store import is_digest
+from wasmxds.modules.types import redact_url
+
+__all__ = ["INDEX_FILE", "ModuleIndex", "RefRecord"]
+
+log = structlog.get_logger(__name__)
+
+INDEX_FILE = "index.json"
+_VERSION = 1
+# Last use is recorded at most this often per module: precision far below the
+# expiry (hours) is worthless, and every change is a rewrite of the file.
+_TOUCH_GRANULARITY = 60.0
+
+
+@dataclass(slots=True)
+class RefRecord:
+    """What one request resolved to last time."""
+
+    digest: str
+    manifest: str = ""
+    layout: str = ""
+    fetched_at: float = 0.0
+    url: str = ""
+
+
+@dataclass(slots=True)
+class _ModuleRecord:
+    size: int
+    last_used: float
+
+
+def ref_key(url: str, sha256: str, secret: str = "") -> str:
+    return hashlib.sha256(f"{url}\n{sha256.strip().lower()}\n{secret}".encode()).hexdigest()
+
+
+class ModuleIndex:
+    """The persistent index; ``path=None`` keeps it in memory only (tests, one-shot pulls)."""
+
+    def __init__(self, path: Path | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._refs: dict[str, RefRecord] = {}
+        self._manifests: dict[str, tuple[str, str]] = {}
+        self._modules: dict[str, _ModuleRecord] = {}
+        self._dirty = False
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------- loading
+
+    @classmethod
+    def load(cls, path: Path, *, clock: Callable[[], float] = time.time) -> ModuleIndex:
+        """Read ``path``; a missing or unreadable index starts empty (with a warning if corrupt)."""
+        index = cls(path, clock=clock)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return index
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("modules.index_unreadable", path=str(path), error=str(exc))
+            return index
+        try:
+            document = json.loads(text)
+            index._read(document)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning(
+                "modules.index_corrupt",
+                path=str(path),
+                error=f"{type(exc).__name__}: {exc}"[:200],
+                action="ignored; modules are re-indexed as they are fetched",
+            )
+            index = cls(path, clock=clock)
+            index._dirty = True  # replace the bad file at the next flush
+        return index
+
+    def _read(self, document: Any) -> None:
+        if document.get("version") != _VERSION:
+            raise ValueError(f"unknown index version {document.get('version')!r}")
+        skipped = 0
+        for key, value in document["modules"].items():
+            if is_digest(key) and isinstance(value, dict):
+                self._modules[key] = _ModuleRecord(int(value["size"]), float(value["last_used"]))
+            else:
+                skipped += 1
+        for key, value in document["manifests"].items():
+            module = value.get("module") if isinstance(value, dict) else None
+            layout = value.get("layout", "") if isinstance(value, dict) else None
+            if is_digest(key) and isinstance(module, str) and is_digest(module):
+                self._manifests[key] = (module, str(layout))
+            else:
+                skipped += 1
+        for key, value in document["refs"].items():
+            try:
+                record = RefRecord(**value) if isinstance(value, dict) else None
+            except TypeError:  # unknown or missing fields
+                record = None
+            if record is not None and is_digest(record.digest):
+                self._refs[key] = record
+            else:
+                skipped += 1
+        if skipped:
+            log.warning("modules.index_entries_skipped", path=str(self.path), count=skipped)
+            self._dirty = True
+
+    # ------------------------------------------------------------- queries
+
+    def ref(self, url: str, sha256: str, secret: str = "") -> RefRecord | None:
+        return self._refs.get(ref_key(url, sha256, secret))
+
+    def manifest_module(self, manifest_digest: str) -> str | None:
+        found = self._manifests.get(manifest_digest)
+        return None if found is None else found[0]
+
+    def manifest_layout(self, manifest_digest: str) -> str:
+        found = self._manifests.get(manifest_digest)
+        return "" if found is None else found[1]
+
+    def last_used(self, digest: str) -> float | None:
+        record = self._modules.get(digest)
+        return None if record is None else record.last_used
+
+    def known_modules(self) -> dict[str, float]:
+        """Module digest → last use, for the purge."""
+        return {digest: record.last_used for digest, record in self._modules.items()}
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    # ------------------------------------------------------------- updates
+
+    def record(
+        self,
+        url: str,
+        sha256: str,
+        digest: str,
+        size: int,
+        *,
+        secret: str = "",
+        manifest: str = "",
+        layout: str = "",
+    ) -> None:
+        """``url`` (with ``sha256`` and ``secret``) resolved to module ``digest`` just now."""
+        now = self._clock()
+        self._refs[ref_key(url, sha256, secret)] = RefRecord(
+            digest=digest, manifest=manifest, layout=layout, fetched_at=now, url=redact_url(url)
+        )
+        self._modules[digest] = _ModuleRecord(size, now)
+        self._dirty = True
+
+    def record_manifest(
+        self, manifest_digest: str, module_digest: str, size: int, layout: str = ""
+    ) -> None:
+        if self._manifests.get(manifest_digest) != (module_digest, layout):
+            self._manifests[manifest_digest] = (module_digest, layout)
+            self._dirty = True
+        if module_digest not in self._modules:
+            self._modules[module_digest] = _ModuleRecord(size, self._clock())
+            self._dirty = True
+
+    def touch(self, digests: Iterable[tuple[str, int]]) -> None:
+        """Record that these (digest, size) modules are in use now."""
+        now = self._clock()
+        for digest, size in digests:
+            record = self._modules.get(digest)
+            if record is None:
+                self._modules[digest] = _ModuleRecord(size, now)
+                self._dirty = True
+            elif now - record.last_used >= _TOUCH_GRANULARITY:
+                record.last_used = now
+                self._dirty = True
+
+    def forget(self, digest: str) -> None:
+        """Drop a module that left the disk, and every ref and manifest pointing at it."""
+        self._modules.pop(digest, None)
+        for key in [k for k, ref in self._refs.items() if ref.digest == digest]:
+            del self._refs[key]
+        for key in [k for k, (module, _) in self._manifests.items() if module == digest]:
+            del self._manifests[key]
+        self._dirty = True
+
+    # ------------------------------------------------------------- saving
+
+    def document(self) -> dict[str, Any]:
+        """A snapshot of the index as plain data (cheap; taken on the event loop)."""
+        return {
+            "version": _VERSION,
+            # RefRecords are replaced, never mutated: sharing them with the writer is safe.
+            "refs": dict(self._refs),
+            "manifests": {
+                key: {"module": module, "layout": layout}
+                for key, (module, layout) in self._manifests.items()
+            },
+            "modules": {
+                key: {"size": record.size, "last_used": record.last_used}
+                for key, record in self._modules.items()
+            },
+        }
+
+    def dumps(self) -> bytes:
+        return _encode(self.document())
+
+    async def flush(self) -> None:
+        """Write the index if it changed; disk I/O runs in a worker thread."""
+        if self.path is None or not self._dirty:
+            return
+        async with self._lock:
+            if not self._dirty:
+                return
+            document = self.document()
+            self._dirty = False
+            try:
+                # Encoding thousands of entries takes a while: not on the event loop.
+                await asyncio.to_thread(_write_atomically, self.path, document)
+            except OSError as exc:
+                self._dirty = True
+                log.warning("modules.index_write_failed", path=str(self.path), error=str(exc))
+            except BaseException:
+                self._dirty = True  # cancelled mid-write: the shutdown flush writes it again
+                raise
+
+    def flush_sync(self) -> None:
+        """Write now, from synchronous code (one-shot commands)."""
+        if self.path is None or not self._dirty:
+            return
+        _write_atomically(self.path, self.document())
+        self._dirty = False
+
+
+def _encode(document: dict[str, Any]) -> bytes:
+    plain = {**document, "refs": {key: asdict(ref) for key, ref in document["refs"].items()}}
+    return json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _write_atomically(path: Path, document: dict[str, Any]) -> None:
+    data = _encode(document)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".index-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            # Not secret, but it names every module URL the operator uses: owner only.
+            os.fchmod(out.fileno(), 0o600)
+            os.fsync(out.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise

@@ -1,0 +1,197 @@
+"""Fetch Wasm modules from OCI registries into the module store (the resolver's ``oci`` fetcher).
+
+One pull:
+
+1. parse the reference, pick credentials (pull secret, else docker config);
+2. GET the manifest (an index resolves to one image manifest, see
+   :func:`~wasmxds.modules.oci.manifest.choose_manifest`);
+3. if the index or manifest digest is already known to map to a cached module,
+   stop: no layer is downloaded (a tag re-check under ``Always`` costs one
+   small request);
+4. otherwise download the layer(s) the layout needs, take the module out,
+   check it is Wasm, store it, and remember manifest → module in the index.
+
+``sha256`` accepts either meaning: the image manifest digest (Istio's, and the
+index digest for a multi-platform image) or the module's own digest. A value
+matching neither is a :class:`ChecksumMismatchError` naming both.
+
+Concurrent pulls of one manifest digest share a single download (a lock per
+digest: the second waiter finds the module in the index when it gets the
+lock), however many plugins or URLs (tag and digest) lead to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from wasmxds.errors import (
+    BlockedAddressError,
+    BlockedRealmError,
+    ChecksumMismatchError,
+    FetchError,
+    ModuleError,
+    ModuleTooLargeError,
+    NotWasmError,
+    UnknownLayoutError,
+)
+from wasmxds.modules.http import FetcherSettings
+from wasmxds.modules.index import ModuleIndex
+from wasmxds.modules.oci import credentials as creds
+from wasmxds.modules.oci.client import Credentials, RegistryClient, Repository
+from wasmxds.modules.oci.layouts import extract_module
+from wasmxds.modules.oci.manifest import (
+    ACCEPT,
+    Descriptor,
+    ImageIndex,
+    ImageManifest,
+    choose_manifest,
+    parse_manifest,
+)
+from wasmxds.modules.oci.reference import Reference, parse_reference
+from wasmxds.modules.secrets import PullSecrets
+from wasmxds.modules.ssrf import AddressResolver
+from wasmxds.modules.store import ModuleStore
+from wasmxds.modules.types import Fetched, Module, ModuleRequest, redact_url
+from wasmxds.modules.unbox import is_wasm
+
+__all__ = ["DEFAULT_OCI_SETTINGS", "OciFetcher"]
+
+log = structlog.get_logger(__name__)
+
+# Fewer quick retries than for http(s): the resolver keeps retrying in the
+# background, and a registry that is down should turn into a stand-in fast.
+DEFAULT_OCI_SETTINGS = FetcherSettings(tries=3)
+
+
+class OciFetcher:
+    """Pulls ``oci://`` modules; see the module docstring for the steps."""
+
+    def __init__(
+        self,
+        *,
+        store: ModuleStore,
+        index: ModuleIndex,
+        settings: FetcherSettings | None = None,
+        pull_secrets: PullSecrets | None = None,
+        docker_config: Callable[[], Path] = creds.default_docker_config_path,
+        address_resolver: AddressResolver | None = None,
+    ) -> None:
+        self._settings = settings or DEFAULT_OCI_SETTINGS
+        self._store = store
+        self._index = index
+        self._secrets = pull_secrets
+        self._docker_config = docker_config
+        self.client = RegistryClient(settings=self._settings, address_resolver=address_resolver)
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def fetch(self, request: ModuleRequest) -> Fetched:
+        """Resolver entry point: the request's credentials come from its pull secret."""
+        shown = request.display_url
+        ref = parse_reference(request.url)
+        if request.pull_secret is not None:
+            credentials = creds.from_pull_secret(self._secrets, request.pull_secret, ref, shown)
+        else:
+            credentials = await asyncio.to_thread(
+                creds.from_docker_config, self._docker_config(), ref
+            )
+        return await self.pull(ref, credentials, sha256=request.sha256, shown=shown)
+
+    async def pull(
+        self, ref: Reference, credentials: Credentials, *, sha256: str = "", shown: str = ""
+    ) -> Fetched:
+        shown = shown or redact_url(f"oci://{ref}")
+        total = self._settings.total_timeout
+        try:
+            async with asyncio.timeout(total):
+                return await self._pull(ref, credentials, sha256.strip().lower(), shown)
+        except TimeoutError as exc:
+            if total is None:
+                raise
+            raise FetchError(f"{shown}: pull did not finish within {total:g} s") from exc
+        except ModuleError as exc:
+            if str(exc).startswith(f"{shown}: "):
+                raise  # already says which image
+            raise _prefixed(exc, shown) from exc
+
+    async def _pull(
+        self, ref: Reference, credentials: Credentials, expected: str, shown: str
+    ) -> Fetched:
+        repo = self.client.repository(ref, credentials, shown=shown)
+        top = await repo.manifest(ref.identifier, ACCEPT)
+        parsed = parse_manifest(top.data, top.content_type)
+        index_digest = ""
+        manifest_digest = top.digest
+        if isinstance(parsed, ImageIndex):
+            index_digest = top.digest
+            chosen = choose_manifest(parsed)
+            manifest_digest = chosen.digest
+            data = await repo.manifest(f"sha256:{chosen.digest}", ACCEPT)
+            image = parse_manifest(data.data, data.content_type)
+            if not isinstance(image, ImageManifest):
+                raise UnknownLayoutError("the index entry chosen is not an image manifest")
+        else:
+            image = parsed
+        pinned = {d for d in (index_digest, manifest_digest) if d}
+        lock = self._locks.setdefault(manifest_digest, asyncio.Lock())
+        async with lock:
+            known = self._known(index_digest, manifest_digest)
+            if known is not None:
+                module, layout = known
+                log.debug("oci.manifest_known", url=shown, manifest_digest=manifest_digest)
+            else:
+                module, layout = await self._download(repo, image, shown)
+                for digest in pinned:
+                    self._index.record_manifest(digest, module.digest, module.size, layout)
+        if expected and expected not in pinned and expected != module.digest:
+            raise ChecksumMismatchError(
+                f"{shown}: sha256 {expected} matches neither the image manifest digest"
+                f" {manifest_digest}{f' (index {index_digest})' if index_digest else ''} nor"
+                f" the module's digest {module.digest}"
+            )
+        return Fetched(module, manifest_digest, index_digest, layout)
+
+    def _known(self, index_digest: str, manifest_digest: str) -> tuple[Module, str] | None:
+        for digest in (manifest_digest, index_digest):
+            module_digest = self._index.manifest_module(digest) if digest else None
+            module = self._store.get(module_digest) if module_digest else None
+            if module is not None:
+                return module, self._index.manifest_layout(digest)
+        return None
+
+    async def _download(
+        self, repo: Repository, image: ImageManifest, shown: str
+    ) -> tuple[Module, str]:
+        max_size = self._settings.max_size
+
+        async def read_blob(layer: Descriptor) -> bytes:
+            return await repo.blob(layer.digest, layer.size, max_size=max_size)
+
+        extracted = await extract_module(image, read_blob, max_size=max_size)
+        data = extracted.data
+        if len(data) > max_size:
+            raise ModuleTooLargeError(f"{shown}: the module is over the {max_size}-byte limit")
+        if not is_wasm(data):
+            raise NotWasmError(
+                f"{shown}: the {extracted.layout} module is not Wasm (it starts with"
+                f" {data[:8]!r}, not b'\\x00asm')"
+            )
+        module = await self._store.put(data)
+        return module, str(extracted.layout)
+
+
+def _prefixed(exc: ModuleError, shown: str) -> ModuleError:
+    """The same error, its message starting with the (redacted) URL it is about."""
+    message = f"{shown}: {exc}"
+    if isinstance(exc, BlockedAddressError | BlockedRealmError):
+        return type(exc)(message)
+    if isinstance(exc, FetchError):
+        return type(exc)(message, retryable=exc.retryable)
+    return type(exc)(message)

@@ -1,0 +1,192 @@
+"""The list/watch protocol as wasmxds sees it: collections, events, errors.
+
+Plain data and parsing, no client library (importing this is cheap): the
+reflector, the source and the status writer use these types, and only
+:mod:`wasmxds.sources.kube.client` talks to a server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from wasmxds.api.objects import API_GROUP, ObjectKey
+from wasmxds.api.secrets import PULL_SECRET_TYPE
+from wasmxds.errors import ConfigError, WasmxdsError
+from wasmxds.sources.kube import SERVICE_ACCOUNT_CA, SERVICE_ACCOUNT_TOKEN
+
+__all__ = [
+    "MAX_EVENT_BYTES",
+    "PLUGIN_PLURAL",
+    "PLUGIN_VERSION",
+    "ClientConfig",
+    "Collection",
+    "Gone",
+    "KubeApiError",
+    "KubeConfigError",
+    "ListResult",
+    "WatchEvent",
+    "object_key",
+    "split_events",
+    "status_error",
+    "status_event_error",
+]
+
+PLUGIN_VERSION = "v1alpha1"
+PLUGIN_PLURAL = "wasmplugins"
+# etcd refuses objects over 1.5 MiB; an event line far beyond that is not an event.
+MAX_EVENT_BYTES = 16 << 20
+
+
+class KubeConfigError(ConfigError):
+    """The kubeconfig or in-cluster configuration cannot be used (fatal: fix and restart)."""
+
+
+class KubeApiError(WasmxdsError):
+    """A request failed. ``status`` is the HTTP (or Status ``code``) value, 0 when no
+    answer came at all (connection refused or dropped, timeout, TLS failure)."""
+
+    def __init__(self, what: str, status: int, message: str) -> None:
+        self.what = what
+        self.status = status
+        self.message = message
+        code = f"HTTP {status}" if status else "no answer"
+        super().__init__(f"{what}: {code}: {message}")
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying as is: no answer, throttled, or a server-side failure."""
+        return self.status == 0 or self.status == 429 or self.status >= 500
+
+
+class Gone(KubeApiError):
+    """410: the resourceVersion (or continue token) is older than the server's history."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """Where the API server is and how to authenticate: a kubeconfig file, or the
+    pod's in-cluster config (``KUBERNETES_SERVICE_HOST``/``_PORT``, the service
+    account token and CA) when ``kubeconfig`` is None."""
+
+    kubeconfig: Path | None = None
+    token_file: Path = SERVICE_ACCOUNT_TOKEN
+    ca_file: Path = SERVICE_ACCOUNT_CA
+    request_timeout: float = 30.0
+    # Extra time past a watch's own timeoutSeconds before a silent stream counts as dead.
+    watch_read_grace: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Collection:
+    """One list/watch endpoint: WasmPlugins (of a namespace, or all when
+    ``namespace`` is None) or a namespace's image pull secrets."""
+
+    resource: Literal["wasmplugins", "secrets"]
+    namespace: str | None = None
+
+    @classmethod
+    def plugins(cls, namespace: str | None = None) -> Collection:
+        return cls("wasmplugins", namespace)
+
+    @classmethod
+    def pull_secrets(cls, namespace: str) -> Collection:
+        return cls("secrets", namespace)
+
+    @property
+    def field_selector(self) -> str:
+        # Secrets of other types are none of our business: the server filters them
+        # out, so wasmxds never receives (or holds) unrelated credentials.
+        return f"type={PULL_SECRET_TYPE}" if self.resource == "secrets" else ""
+
+    @property
+    def kind(self) -> str:
+        return "WasmPlugin" if self.resource == "wasmplugins" else "Secret"
+
+    @property
+    def api_version(self) -> str:
+        return f"{API_GROUP}/{PLUGIN_VERSION}" if self.resource == "wasmplugins" else "v1"
+
+    def __str__(self) -> str:
+        where = f"namespace {self.namespace}" if self.namespace else "all namespaces"
+        return f"{self.resource} in {where}"
+
+
+@dataclass(frozen=True, slots=True)
+class ListResult:
+    items: list[dict[str, Any]]
+    resource_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    type: str
+    object: dict[str, Any] = field(repr=False)
+
+    @property
+    def resource_version(self) -> str:
+        metadata = self.object.get("metadata")
+        value = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+        return value if isinstance(value, str) else ""
+
+
+def object_key(value: Mapping[str, Any]) -> ObjectKey | None:
+    """The namespace/name of an object from the API server (None when it has none)."""
+    metadata = value.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return None
+    namespace, name = metadata.get("namespace"), metadata.get("name")
+    if not isinstance(namespace, str) or not isinstance(name, str) or not name:
+        return None
+    return ObjectKey(namespace, name)
+
+
+def status_error(what: str, status: int, body: bytes) -> KubeApiError:
+    """An error from an HTTP status and its body (a ``Status`` object, usually)."""
+    message = f"HTTP {status}"
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if isinstance(document, dict) and document.get("kind") == "Status":
+        message = str(document.get("message") or document.get("reason") or message)
+    elif body:
+        message = body[:200].decode(errors="replace").strip() or message
+    return (Gone if status == 410 else KubeApiError)(what, status, message)
+
+
+def status_event_error(what: str, status: Mapping[str, Any]) -> KubeApiError:
+    """An error from the ``Status`` object of a watch ERROR event."""
+    code = status.get("code")
+    message = str(status.get("message") or status.get("reason") or "watch error")
+    number = code if isinstance(code, int) else 500
+    return (Gone if number == 410 else KubeApiError)(what, number, message)
+
+
+def split_events(what: str, buffer: bytearray, collection: Collection) -> list[WatchEvent]:
+    """Take every complete line out of ``buffer`` as an event (JSON lines)."""
+    events: list[WatchEvent] = []
+    while (end := buffer.find(b"\n")) >= 0:
+        line = bytes(buffer[:end])
+        del buffer[: end + 1]
+        if not line.strip():
+            continue
+        try:
+            document = json.loads(line)
+        except ValueError as exc:
+            raise KubeApiError(what, 200, "an event is not JSON") from exc
+        kind, value = (
+            (document.get("type"), document.get("object"))
+            if isinstance(document, dict)
+            else (None, None)
+        )
+        if not isinstance(kind, str) or not isinstance(value, dict):
+            raise KubeApiError(what, 200, "an event has no type or object")
+        if kind in ("ADDED", "MODIFIED", "DELETED"):
+            value.setdefault("kind", collection.kind)
+            value.setdefault("apiVersion", collection.api_version)
+        events.append(WatchEvent(kind, value))
+    return events

@@ -1,0 +1,267 @@
+"""Status write-back (``--write-status``): a ``Ready`` condition on each WasmPlugin.
+
+The condition says whether the plugin's module was fetched (or why not) and
+how many proxies run it::
+
+    status:
+      conditions:
+      - type: Ready
+        status: "True"            # "False" when unavailable or invalid, "Unknown" while fetching
+        reason: ModuleFetched     # ModuleUnavailable | Pending | Invalid
+        message: module fetched; running on 3 proxies
+        observedGeneration: 4
+        lastTransitionTime: "2025-01-01T00:00:00Z"
+      proxies: 3
+
+A patch is sent only when what the condition says changed (its time stamp is
+not a change), at most one pass every ``interval`` and ``max_rate`` patches a
+second, so proxies coming and going, or a burst of edits, cannot turn into a
+write storm. Conditions other than ``Ready`` (another controller's) are kept.
+Each replica counts its own proxies: with several replicas, the last writer
+wins, and each writes only when its own view changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from wasmxds.api.objects import ObjectKey, Problem
+from wasmxds.sources.kube.protocol import KubeApiError
+
+__all__ = [
+    "CONDITION_TYPE",
+    "ModuleState",
+    "ObservedObject",
+    "PluginReport",
+    "StatusPatcher",
+    "StatusWriter",
+    "desired_status",
+]
+
+log = structlog.get_logger(__name__)
+
+CONDITION_TYPE = "Ready"
+# How much of the validation problems goes into a condition message.
+_MAX_MESSAGE = 1024
+
+
+class ModuleState(enum.StrEnum):
+    """Where a plugin's module stands, as the reconcile stage last saw it."""
+
+    FETCHED = "fetched"
+    UNAVAILABLE = "unavailable"
+    PENDING = "pending"
+
+
+@dataclass(frozen=True, slots=True)
+class PluginReport:
+    """What the rest of wasmxds knows about one plugin: its module and its proxies."""
+
+    state: ModuleState
+    error: str = ""
+    proxies: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedObject:
+    """A WasmPlugin as the Kubernetes source last saw it.
+
+    ``problems`` are the validation errors of its latest version (empty when
+    valid); ``served`` says whether a version of it (maybe an older, valid one)
+    is being served; ``status`` is its status as stored on the server.
+    """
+
+    key: ObjectKey
+    generation: int
+    problems: tuple[Problem, ...] = ()
+    served: bool = True
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+
+class StatusPatcher(Protocol):
+    async def patch_status(self, key: ObjectKey, patch: Mapping[str, Any]) -> None: ...
+
+
+def _plural(count: int) -> str:
+    return f"{count} prox{'y' if count == 1 else 'ies'}"
+
+
+def _condition(observed: ObservedObject, report: PluginReport | None) -> dict[str, Any]:
+    """The Ready condition, without its transition time."""
+    if observed.problems:
+        details = "; ".join(problem.message for problem in observed.problems)
+        if len(details) > _MAX_MESSAGE:
+            details = details[: _MAX_MESSAGE - 3] + "..."
+        kept = " (the last valid version is still served)" if observed.served else ""
+        status, reason, message = "False", "Invalid", f"invalid{kept}: {details}"
+    elif report is None:
+        status, reason, message = "Unknown", "Pending", "not reconciled yet"
+    elif report.state is ModuleState.FETCHED:
+        note = f" ({report.error})" if report.error else ""
+        status, reason = "True", "ModuleFetched"
+        message = f"module fetched{note}; running on {_plural(report.proxies)}"
+    elif report.state is ModuleState.UNAVAILABLE:
+        status, reason = "False", "ModuleUnavailable"
+        message = (
+            f"module unavailable: {report.error or 'unknown error'}; {_plural(report.proxies)}"
+            " get the failStrategy stand-in while the fetch is retried"
+        )
+    else:
+        status, reason = "Unknown", "Pending"
+        message = f"fetching the module; {_plural(report.proxies)} run the previous version"
+    return {
+        "type": CONDITION_TYPE,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": observed.generation,
+    }
+
+
+def _proxies(report: PluginReport | None) -> int:
+    return report.proxies if report is not None else 0
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _current(status: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[Any]]:
+    """Our condition in ``status`` (if any), and everyone else's."""
+    conditions = status.get("conditions")
+    ours: dict[str, Any] | None = None
+    others: list[Any] = []
+    for condition in conditions if isinstance(conditions, list) else []:
+        if isinstance(condition, dict) and condition.get("type") == CONDITION_TYPE:
+            ours = condition
+        else:
+            others.append(condition)
+    return ours, others
+
+
+def _signature(condition: Mapping[str, Any], proxies: object) -> tuple[object, ...]:
+    return (*(condition.get(k) for k in sorted(condition) if k != "lastTransitionTime"), proxies)
+
+
+def desired_status(
+    observed: ObservedObject, report: PluginReport | None, *, now: Callable[[], str] = _now
+) -> tuple[dict[str, Any], tuple[object, ...]]:
+    """The merge patch for ``observed`` and a signature of what it says (no time stamp)."""
+    condition = _condition(observed, report)
+    proxies = _proxies(report)
+    signature = _signature(condition, proxies)
+    current, others = _current(observed.status)
+    if current is not None and current.get("status") == condition["status"]:
+        # Same truth value: the transition happened earlier; keep its time.
+        condition["lastTransitionTime"] = current.get("lastTransitionTime") or now()
+    else:
+        condition["lastTransitionTime"] = now()
+    patch = {"status": {"conditions": [*others, condition], "proxies": proxies}}
+    return patch, signature
+
+
+def _stored_signature(observed: ObservedObject) -> tuple[object, ...] | None:
+    current, _ = _current(observed.status)
+    if current is None:
+        return None
+    return _signature(current, observed.status.get("proxies"))
+
+
+class StatusWriter:
+    """Patches the status of the WasmPlugins ``objects`` returns (see module docstring).
+
+    ``reports`` gives, per plugin, what the reconcile stage decided and how many
+    proxies run it. Call :meth:`trigger` when either may have changed; a pass
+    also runs every ``resync`` seconds to catch proxies coming and going.
+    """
+
+    def __init__(
+        self,
+        client: StatusPatcher,
+        *,
+        objects: Callable[[], Mapping[ObjectKey, ObservedObject]],
+        reports: Callable[[], Mapping[ObjectKey, PluginReport]],
+        interval: float = 1.0,
+        resync: float = 10.0,
+        max_rate: float = 10.0,
+    ) -> None:
+        self._client = client
+        self._objects = objects
+        self._reports = reports
+        self._interval = interval
+        self._resync = resync
+        self._pause = 1.0 / max_rate
+        self._wake = asyncio.Event()
+        # What this process last wrote per object; it wins over the stored status,
+        # which lags behind our own patches until the watch brings them back.
+        self._written: dict[ObjectKey, tuple[object, ...]] = {}
+        self._failing: dict[ObjectKey, str] = {}
+        self.patches = 0
+
+    def trigger(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Write status until cancelled."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._resync):
+                    await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+            await asyncio.sleep(self._interval)
+
+    async def flush(self) -> int:
+        """One pass: patch every object whose condition changed; returns how many were sent."""
+        objects = self._objects()
+        reports = self._reports()
+        for gone in self._written.keys() - objects.keys():
+            del self._written[gone]
+        sent = 0
+        for key in sorted(objects):
+            observed = objects[key]
+            patch, signature = desired_status(observed, reports.get(key))
+            last = self._written.get(key)
+            if last is None:
+                last = _stored_signature(observed)
+            if last == signature:
+                continue
+            try:
+                await self._client.patch_status(key, patch)
+            except KubeApiError as exc:
+                self._failed(key, exc)
+                continue
+            self._failing.pop(key, None)
+            self._written[key] = signature
+            sent += 1
+            self.patches += 1
+            condition = patch["status"]["conditions"][-1]
+            log.info(
+                "kubernetes.status_written",
+                object=str(key),
+                reason=condition["reason"],
+                proxies=patch["status"]["proxies"],
+            )
+            await asyncio.sleep(self._pause)
+        return sent
+
+    def _failed(self, key: ObjectKey, exc: KubeApiError) -> None:
+        if exc.status == 404:
+            return  # deleted meanwhile; the watch will drop it
+        # Once per object and error, not once per pass.
+        if self._failing.get(key) != str(exc):
+            self._failing[key] = str(exc)
+            hint = (
+                " (--write-status needs RBAC to patch wasmplugins/status)"
+                if exc.status == 403
+                else ""
+            )
+            log.warning("kubernetes.status_failed", object=str(key), error=f"{exc}{hint}")

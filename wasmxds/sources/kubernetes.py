@@ -1,0 +1,247 @@
+"""WasmPlugins (and the pull secrets they name) from a Kubernetes API server.
+
+Plugins are listed and watched cluster-wide, or in each ``--namespace``; the
+``kubernetes.io/dockerconfigjson`` Secrets are watched only in the namespaces
+where a plugin names an ``imagePullSecret``, and only the Secrets named are
+handed on. The list/watch protocol (resume, bookmarks, 410, backoff) is
+:mod:`wasmxds.sources.kube.reflector`'s.
+
+The rules are the directory source's: every object is validated as a file's
+would be (problems come from ``kubernetes:<namespace>/<name>``); an invalid
+object is reported and skipped, an object that turns invalid keeps its last
+valid version, and a deleted object goes. Nothing is removed because the API
+server is unreachable.
+
+``metadata.resourceVersion`` and ``creationTimestamp`` are carried into each
+WasmPlugin. Its fingerprint, though, leaves the resourceVersion and
+managedFields out: they change on every status write (ours included), and a
+new fingerprint means a new snapshot and, with ``imagePullPolicy: Always``, a
+re-pull. Istio re-pulls on any resourceVersion change; it also does not write
+WasmPlugin status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence, Set
+
+import structlog
+
+from wasmxds.api.objects import ObjectKey, Problem, WasmPlugin
+from wasmxds.api.secrets import PullSecret
+from wasmxds.modules.backoff import Backoff
+from wasmxds.sources.kube.client import KubeClient
+from wasmxds.sources.kube.objects import (
+    Record,
+    origin_of,
+    parse_plugin,
+    parse_secret_object,
+    update,
+)
+from wasmxds.sources.kube.protocol import Collection
+from wasmxds.sources.kube.reflector import DEFAULT_BACKOFF, DEFAULT_WATCH_TIMEOUT, Reflector
+from wasmxds.sources.kube.status import ObservedObject
+from wasmxds.sources.state import SourceState
+
+__all__ = ["KubernetesSource", "origin_of"]
+
+log = structlog.get_logger(__name__)
+
+
+class KubernetesSource:
+    """Keeps a validated :class:`SourceState` from the API server (see module docstring)."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        namespaces: Sequence[str] = (),
+        on_change: Callable[[], None] = lambda: None,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        watch_timeout: tuple[int, int] = DEFAULT_WATCH_TIMEOUT,
+        page_size: int = 500,
+    ) -> None:
+        self.client = client
+        self._page_size = page_size
+        self.namespaces = tuple(dict.fromkeys(namespaces))
+        self._on_change = on_change
+        self._backoff = backoff
+        self._watch_timeout = watch_timeout
+        self._plugins: dict[ObjectKey, Record] = {}
+        self._secrets: dict[ObjectKey, Record] = {}
+        self._plugin_reflectors = [
+            self._reflector(Collection.plugins(namespace), self._plugins_changed)
+            for namespace in (self.namespaces or (None,))
+        ]
+        self._secret_reflectors: dict[str, tuple[Reflector, asyncio.Task[None]]] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self._state = SourceState()
+        self._logged: frozenset[Problem] = frozenset()
+        self.loaded = asyncio.Event()
+
+    @property
+    def state(self) -> SourceState:
+        return self._state
+
+    @property
+    def reflectors(self) -> tuple[Reflector, ...]:
+        """Every list/watch running now: plugins, then pull secrets by namespace."""
+        secrets = (reflector for reflector, _ in self._secret_reflectors.values())
+        return (*self._plugin_reflectors, *secrets)
+
+    def observed(self) -> dict[ObjectKey, ObservedObject]:
+        """Every WasmPlugin seen, valid or not, for the status writer."""
+        return {
+            key: ObservedObject(
+                key=key,
+                generation=record.generation,
+                problems=(
+                    tuple(p for p in record.problems if p.is_error) if record.invalid else ()
+                ),
+                served=record.valid is not None,
+                status=record.status,
+            )
+            for key, record in self._plugins.items()
+        }
+
+    def _reflector(
+        self, collection: Collection, handler: Callable[[Reflector, Set[ObjectKey]], None]
+    ) -> Reflector:
+        reflector: Reflector
+
+        def changed(keys: Set[ObjectKey]) -> None:
+            handler(reflector, keys)
+
+        reflector = Reflector(
+            self.client,
+            collection,
+            on_change=changed,
+            backoff=self._backoff,
+            watch_timeout=self._watch_timeout,
+            page_size=self._page_size,
+        )
+        return reflector
+
+    async def run(self) -> None:
+        """Connect, list everything, then follow changes until cancelled."""
+        started = time.perf_counter()
+        await self.client.connect()
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            for reflector in self._plugin_reflectors:
+                group.create_task(reflector.run(), name=f"kubernetes: {reflector.collection}")
+            await asyncio.gather(*(r.synced.wait() for r in self._plugin_reflectors))
+            self._sync_secret_watches()
+            # Pull secrets are wanted at start-up (a first fetch without them fails), but
+            # a Secret list that fails (RBAC, say) must not keep the source from loading.
+            await asyncio.gather(*(r.tried.wait() for r, _ in self._secret_reflectors.values()))
+            self.loaded.set()
+            self._publish(force=True)
+            log.info(
+                "kubernetes.synced",
+                server=self.client.server,
+                plugins=len(self._state.plugins),
+                secrets=len(self._state.secrets),
+                problems=len(self._state.problems),
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            await asyncio.Event().wait()  # the reflectors run in the group until cancelled
+
+    def _plugins_changed(self, reflector: Reflector, keys: Set[ObjectKey]) -> None:
+        for key in keys:
+            update(self._plugins, key, reflector.objects.get(key), parse_plugin, "WasmPlugin")
+        if self._group is not None and self._plugin_reflectors_synced():
+            self._sync_secret_watches()
+        self._publish()
+
+    def _secrets_changed(self, reflector: Reflector, keys: Set[ObjectKey]) -> None:
+        for key in keys:
+            update(self._secrets, key, reflector.objects.get(key), parse_secret_object, "Secret")
+        self._publish()
+
+    def _plugin_reflectors_synced(self) -> bool:
+        return all(r.synced.is_set() for r in self._plugin_reflectors)
+
+    def _wanted_secrets(self) -> set[ObjectKey]:
+        wanted: set[ObjectKey] = set()
+        for key, record in self._plugins.items():
+            plugin = record.valid
+            if isinstance(plugin, WasmPlugin) and plugin.spec.image_pull_secret:
+                # Istio looks the secret up in the plugin's own namespace, whatever it says.
+                wanted.add(ObjectKey(key.namespace, plugin.spec.image_pull_secret))
+        return wanted
+
+    def _sync_secret_watches(self) -> None:
+        """Watch pull secrets in exactly the namespaces whose plugins name one."""
+        assert self._group is not None
+        namespaces = {key.namespace for key in self._wanted_secrets()}
+        for namespace in namespaces - self._secret_reflectors.keys():
+            reflector = self._reflector(Collection.pull_secrets(namespace), self._secrets_changed)
+            task = self._group.create_task(
+                reflector.run(), name=f"kubernetes: {reflector.collection}"
+            )
+            self._secret_reflectors[namespace] = (reflector, task)
+        for namespace in self._secret_reflectors.keys() - namespaces:
+            _, task = self._secret_reflectors.pop(namespace)
+            task.cancel()
+            for key in [k for k in self._secrets if k.namespace == namespace]:
+                del self._secrets[key]
+
+    def _publish(self, *, force: bool = False) -> None:
+        """Rebuild the state; tell the owner when more than resourceVersions changed."""
+        plugins = {
+            key: record.valid
+            for key, record in sorted(self._plugins.items())
+            if isinstance(record.valid, WasmPlugin)
+        }
+        wanted = self._wanted_secrets()
+        secrets = {
+            key: record.valid
+            for key, record in sorted(self._secrets.items())
+            if key in wanted and isinstance(record.valid, PullSecret)
+        }
+        problems = [p for _, record in sorted(self._plugins.items()) for p in record.problems]
+        problems += [
+            p
+            for key, record in sorted(self._secrets.items())
+            if key in wanted
+            for p in record.problems
+        ]
+        previous = self._state
+        self._state = SourceState(plugins=plugins, problems=tuple(problems), secrets=secrets)
+        self._log_new_problems()
+        if self.loaded.is_set() and (force or _differs(previous, self._state)):
+            self._on_change()
+
+    def _log_new_problems(self) -> None:
+        current = frozenset(self._state.problems)
+        for problem in sorted(current - self._logged, key=lambda p: (p.path, p.message)):
+            # Messages start with the field they are about ("spec.url: ..."), when there is one.
+            head, _, rest = problem.message.partition(": ")
+            log.warning(
+                "kubernetes.invalid_object",
+                object=problem.path.removeprefix("kubernetes:"),
+                field=head if rest and " " not in head else "",
+                message=problem.message,
+                severity=problem.severity.value,
+            )
+        self._logged = current
+
+
+def _differs(before: SourceState, after: SourceState) -> bool:
+    """Whether anything but resourceVersions changed (see the module docstring)."""
+    if before.problems != after.problems:
+        return True
+    if (
+        before.plugins.keys() != after.plugins.keys()
+        or before.secrets.keys() != after.secrets.keys()
+    ):
+        return True
+    return any(
+        before.plugins[key].fingerprint != plugin.fingerprint
+        for key, plugin in after.plugins.items()
+    ) or any(
+        before.secrets[key].fingerprint != secret.fingerprint
+        for key, secret in after.secrets.items()
+    )

@@ -1,0 +1,19 @@
+"""The resource types wasmxds serves, and the order a stream sends them in."""
+
+from __future__ import annotations
+
+from wasmxds.translate.typeurls import TYPED_EXTENSION_CONFIG, type_url
+
+__all__ = ["CLUSTER", "ECDS", "FULL_STATE", "LISTENER", "SEND_ORDER", "WILDCARD"]
+
+ECDS = TYPED_EXTENSION_CONFIG
+LISTENER = type_url("envoy.config.listener.v3.Listener")
+CLUSTER = type_url("envoy.config.cluster.v3.Cluster")
+
+# Types whose SotW responses must carry every resource (xds_protocol: LDS and CDS).
+FULL_STATE = frozenset({LISTENER, CLUSTER})
+# Types Envoy subscribes to as a whole (an empty name list means "everything").
+WILDCARD = FULL_STATE
+# Make before break: clusters before the listeners that use them, listeners
+# before the ECDS resources they make Envoy ask for.
+SEND_ORDER = (CLUSTER, LISTENER, ECDS)
