@@ -14,6 +14,7 @@ help:
 	@echo "make test       lint, type-check and run every test (unit and real-Envoy e2e)"
 	@echo "make protos     regenerate wasmxds/api/proto from protos/"
 	@echo "make wasm       rebuild the example header filter (needs clang and lld)"
+	@echo "make bench      wasmxds vs a bare grpc.aio floor, 1k-10k simulated Envoys (~8 min)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -90,3 +91,10 @@ demo: $(STAMP)
 .PHONY: envoy-configs
 envoy-configs: $(STAMP)
 	$(BIN)/python -m scripts.envoy_configs
+
+# Simulated Envoy fleets against wasmxds and the floor; prints the table, writes
+# docs/performance.json and docs/performance.png. BENCH_ARGS=--quick for 1k only.
+BENCH_ARGS ?=
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run --json docs/performance.json --plot docs/performance.png $(BENCH_ARGS)

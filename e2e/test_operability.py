@@ -111,6 +111,10 @@ async def test_synced_proxy_and_ready_plugin_in_every_view(tmp_path, upstream, m
         assert "wasmxds_xds_pushes_total{" in metrics
         assert 'wasmxds_xds_push_latency_seconds_count{stage="send_to_ack"}' in metrics
         assert "wasmxds_debounce_pushes_total" in metrics
+        assert 'wasmxds_module_fetches_total{result="success",scheme="http"} 1.0' in metrics
+        assert 'wasmxds_module_cache_lookups_total{result="miss"} 1.0' in metrics
+        assert "wasmxds_module_cache_entries 1.0" in metrics
+        assert 'wasmxds_source_problems{severity="error"} 0.0' in metrics
 
 
 async def _header(client: httpx.AsyncClient, port: int, want: str) -> bool:

@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from tests.factories import make_node, make_plugin
+from tests.xds.helpers import maybe_response, request, snapshot_of
 from wasmxds.errors import FetchError
 from wasmxds.modules.types import Failed, LocalFile, ModuleRequest, Pending, Ready
 from wasmxds.reconcile import PluginStatus
 from wasmxds.reports import plugin_reports
 from wasmxds.sources.kube.status import ModuleState
 from wasmxds.translate.node import NodeInfo
+from wasmxds.xds.server import Session
+from wasmxds.xds.snapshot import Snapshot
+from wasmxds.xds.sotw import SotwStream
 
 
-@dataclass
-class FakeSession:
-    """What the report reads of an xDS session: its node and what it subscribes to."""
-
-    node: NodeInfo
-    names: frozenset[str] = frozenset()
-    wildcard: bool = False
-
-    def ecds_names(self) -> frozenset[str]:
-        return self.names
-
-    def watches_wildcard(self) -> bool:
-        return self.wildcard
+def _holding(node: NodeInfo, snapshot: Snapshot, *names: str) -> Session:
+    """A session whose proxy was sent ``names`` from ``snapshot``."""
+    stream = SotwStream(node)
+    stream.handle(request(*names))
+    maybe_response(stream, snapshot)
+    return Session(id=1, node=node, peer="p", protocol=stream, service="ads")
 
 
 def status(plugin: Any, outcome: Any) -> PluginStatus:
@@ -34,36 +30,39 @@ def status(plugin: Any, outcome: Any) -> PluginStatus:
 
 
 def test_states_and_counts():
-    """Proxies count when the plugin applies to their node and they take its resource."""
+    """A proxy counts when it holds what is served for the plugin, filter or stand-in."""
     fetched = make_plugin("fetched", selector={"matchLabels": {"app": "web"}})
     failed = make_plugin("failed")
     pending = make_plugin("pending", namespace="other")
+    failure = Failed(FetchError("HTTP 404 from x"), 2, 1.0)
+    snapshot = snapshot_of(
+        fetched, failed, pending=("other.pending",), failed={"default.failed": failure}
+    )
     sessions = [
-        FakeSession(make_node("a", app="web"), frozenset({"default.fetched", "default.failed"})),
-        FakeSession(make_node("b", app="db"), frozenset({"default.fetched"})),  # selector misses
-        FakeSession(make_node("c"), wildcard=True),  # listener mode: takes everything
-        FakeSession(make_node("d", "other"), frozenset({"other.pending"})),
+        _holding(make_node("a", app="web"), snapshot, "default.fetched", "default.failed"),
+        _holding(make_node("b", app="db"), snapshot, "default.fetched"),  # holds the no-op
+        _holding(make_node("d", "other"), snapshot, "other.pending"),  # nothing to hold yet
     ]
     reports = plugin_reports(
         {
             fetched.key: status(fetched, Ready(LocalFile("/x.wasm"))),
-            failed.key: status(failed, Failed(FetchError("HTTP 404 from x"), 2, 1.0)),
+            failed.key: status(failed, failure),
             pending.key: status(pending, Pending()),
         },
-        cast(Any, sessions),
-        "istio-system",
+        sessions,
+        snapshot,
     )
     assert reports[fetched.key].state is ModuleState.FETCHED
     assert reports[fetched.key].proxies == 1
-    assert (reports[failed.key].state, reports[failed.key].proxies) == (ModuleState.UNAVAILABLE, 2)
+    assert (reports[failed.key].state, reports[failed.key].proxies) == (ModuleState.UNAVAILABLE, 1)
     assert "HTTP 404" in reports[failed.key].error
-    assert (reports[pending.key].state, reports[pending.key].proxies) == (ModuleState.PENDING, 1)
+    assert (reports[pending.key].state, reports[pending.key].proxies) == (ModuleState.PENDING, 0)
 
 
 def test_stale_module_is_noted():
     """A module served from an earlier copy after a failed re-pull says so."""
     plugin = make_plugin("one")
     outcome = Ready(LocalFile("/x.wasm"), stale=FetchError("registry down"))
-    [report] = plugin_reports({plugin.key: status(plugin, outcome)}, [], "istio-system").values()
+    [report] = plugin_reports({plugin.key: status(plugin, outcome)}, [], snapshot_of()).values()
     assert report.state is ModuleState.FETCHED
     assert "registry down" in report.error

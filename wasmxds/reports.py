@@ -1,8 +1,9 @@
-"""Per plugin: where its module stands and how many proxies run it (for status write-back).
+"""Per plugin: where its module stands and which proxies hold what is served for it.
 
-The module state comes from the last reconcile; the count is of the connected
-xDS streams whose node the plugin applies to and that take its resource: they
-subscribe to its ECDS name, or receive whole listeners (listener mode).
+Shared by the admin pages and status write-back, so both count the same way:
+a proxy "runs" a plugin when it holds exactly the resource the current
+snapshot serves under the plugin's name (the filter, or its stand-in) — which
+in listener mode is also how Envoy fetches every filter its listeners name.
 """
 
 from __future__ import annotations
@@ -13,25 +14,32 @@ from wasmxds.api.objects import ObjectKey
 from wasmxds.modules.types import Failed, Ready
 from wasmxds.reconcile import PluginStatus
 from wasmxds.sources.kube.status import ModuleState, PluginReport
-from wasmxds.translate.targeting import applies_to
+from wasmxds.xds.resources import PreparedResource
 from wasmxds.xds.server import Session
+from wasmxds.xds.snapshot import Snapshot
+from wasmxds.xds.types import ECDS
 
-__all__ = ["plugin_reports"]
+__all__ = ["holders", "plugin_reports"]
+
+
+def holders(resource: PreparedResource, sessions: Iterable[Session]) -> list[Session]:
+    """The sessions whose proxy holds exactly ``resource`` (sent to it, and not rejected)."""
+    found = []
+    for session in sessions:
+        state = session.protocol.types.get(ECDS)
+        if state is not None and state.version_held(resource.name) == resource.version:
+            found.append(session)
+    return found
 
 
 def plugin_reports(
-    status: Mapping[ObjectKey, PluginStatus], sessions: Iterable[Session], root_namespace: str
+    status: Mapping[ObjectKey, PluginStatus], sessions: Iterable[Session], snapshot: Snapshot
 ) -> dict[ObjectKey, PluginReport]:
-    streams = [(session, session.ecds_names(), session.watches_wildcard()) for session in sessions]
+    sessions = list(sessions)
     reports: dict[ObjectKey, PluginReport] = {}
     for key, entry in status.items():
-        name = entry.plugin.resource_name
-        proxies = sum(
-            1
-            for session, names, wildcard in streams
-            if (wildcard or name in names)
-            and applies_to(entry.plugin, session.node, root_namespace)
-        )
+        served = snapshot.ecds.get(entry.plugin.resource_name)
+        proxies = 0 if served is None else len(holders(served.active, sessions))
         outcome = entry.outcome
         if isinstance(outcome, Ready):
             stale = (

@@ -102,6 +102,7 @@ class Service:
             pull_secrets=self.pull_secrets,
             max_parallel=settings.max_parallel_pulls,
             on_fetched=self._fetched,
+            metrics=self.metrics,
             on_change=self.debouncer.trigger,
             retry=Backoff(
                 initial=min(1.0, settings.fetch_retry_max),
@@ -148,6 +149,18 @@ class Service:
             initial_wait=settings.initial_fetch_wait,
             change_seen=lambda: self.debouncer.window_opened_at,
             metrics=self.metrics,
+        )
+        self.metrics.live_gauge(
+            "wasmxds_module_cache_entries",
+            "modules in the cache",
+            (),
+            lambda: [((), float(self.index.totals()[0]))],
+        )
+        self.metrics.live_gauge(
+            "wasmxds_module_cache_bytes",
+            "bytes of modules in the cache",
+            (),
+            lambda: [((), float(self.index.totals()[1]))],
         )
         self.metrics.live_gauge(
             "wasmxds_source_problems",
@@ -197,9 +210,7 @@ class Service:
         return self.kubernetes.state if self.kubernetes is not None else SourceState()
 
     def _plugin_reports(self) -> dict[ObjectKey, PluginReport]:
-        return plugin_reports(
-            self.reconciler.status, self.xds.sessions, self.settings.root_namespace
-        )
+        return plugin_reports(self.reconciler.status, self.xds.sessions, self.xds.snapshot)
 
     async def _reconcile(self) -> None:
         await self.reconciler.reconcile()

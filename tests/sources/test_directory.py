@@ -220,3 +220,16 @@ async def test_namespaces_are_kept_apart(tmp_path: Path, namespace: str) -> None
             ObjectKey("default", "p"),
             ObjectKey(namespace, "p"),
         }
+
+
+async def test_broken_file_note_points_at_the_error(tmp_path: Path) -> None:
+    """The "keeping last good" note for an unreadable file sits on the syntax error's line."""
+    path = tmp_path / "a.yaml"
+    path.write_text(plugin("a"))
+    async with watching(tmp_path) as watched:
+        path.write_text(plugin("a") + "spec: [unclosed\n")
+        state = await watched.until(lambda s: any(not p.is_error for p in s.problems))
+        error = next(p for p in state.problems if p.is_error)
+        note = next(p for p in state.problems if not p.is_error)
+        assert note.line == error.line
+        assert "1 object(s)" in note.message

@@ -108,9 +108,11 @@ async def running_source(
         yield running
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await client.aclose()
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            await client.aclose()
 
 
 @pytest.fixture(name="fake")

@@ -18,6 +18,7 @@ from wasmxds.api.objects import ObjectKey
 from wasmxds.api.proto import wasm_pb2
 from wasmxds.modules.types import Failed, LocalFile, Module, Pending, Ready
 from wasmxds.reconcile import PluginStatus
+from wasmxds.reports import holders
 from wasmxds.translate.node import NodeInfo
 from wasmxds.xds.delta import DeltaTypeState
 from wasmxds.xds.resources import PreparedResource
@@ -96,14 +97,6 @@ def syncz(sessions: Iterable[Session]) -> list[dict[str, Any]]:
     return out
 
 
-def _runs(session: Session, resource: PreparedResource) -> bool:
-    """Whether the proxy on ``session`` holds exactly this resource (the plugin's real face)."""
-    state = session.protocol.types.get(ECDS)
-    if state is None:
-        return False
-    return _held(state).get(resource.name) == resource.version
-
-
 def _module_view(status: PluginStatus) -> dict[str, Any]:
     outcome = status.outcome
     request = status.request
@@ -149,7 +142,7 @@ def plugins_view(
             standin = {"kind": kind, "reason": served.reason}
         running = []
         if entry is not None:
-            running = sorted(s.node.id for s in sessions if _runs(s, entry.active))
+            running = sorted(s.node.id for s in holders(entry.active, sessions))
         passthrough = isinstance(status.outcome, Ready) and isinstance(
             status.outcome.module, LocalFile
         )

@@ -65,6 +65,12 @@ def _fetch(args: argparse.Namespace, path: str) -> Any:
     return response.json()
 
 
+def _print_json(data: Any) -> int:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
 def _table(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
@@ -93,9 +99,7 @@ def _type_cell(types: dict[str, Any], name: str) -> str:
 def run_status(args: argparse.Namespace) -> int:
     proxies = _fetch(args, "/debug/syncz")
     if args.output == "json":
-        json.dump(proxies, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
+        return _print_json(proxies)
     if not proxies:
         print("no proxies connected")
         return 0
@@ -135,9 +139,7 @@ def _size(size: int | None) -> str:
 def run_plugins(args: argparse.Namespace) -> int:
     plugins = _fetch(args, "/debug/plugins")
     if args.output == "json":
-        json.dump(plugins, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
+        return _print_json(plugins)
     if not plugins:
         print("no WasmPlugins")
         return 0

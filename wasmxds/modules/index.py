@@ -165,6 +165,10 @@ class ModuleIndex:
     def __len__(self) -> int:
         return len(self._refs)
 
+    def totals(self) -> tuple[int, int]:
+        """How many modules the index knows, and their total size in bytes."""
+        return len(self._modules), sum(record.size for record in self._modules.values())
+
     # ------------------------------------------------------------- updates
 
     def record(

@@ -40,6 +40,7 @@ from wasmxds.errors import (
     ModuleError,
     UnsupportedSchemeError,
 )
+from wasmxds.metrics import Metrics
 from wasmxds.modules.backoff import Backoff
 from wasmxds.modules.index import ModuleIndex
 from wasmxds.modules.secrets import PullSecrets
@@ -148,6 +149,7 @@ class ModuleResolver:
         index: ModuleIndex | None = None,
         pull_secrets: PullSecrets | None = None,
         on_fetched: Callable[[Module], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be at least 1, got {max_parallel}")
@@ -163,6 +165,7 @@ class ModuleResolver:
         self.index = index if index is not None else ModuleIndex()
         self._secrets = pull_secrets
         self._on_fetched = on_fetched
+        self._metrics = metrics
         # Digests the current snapshot references (from retain); never purged.
         self._in_use: set[str] = set()
         self._queue: asyncio.Queue[CacheKey] = asyncio.Queue()
@@ -216,6 +219,8 @@ class ModuleResolver:
         entry = _Entry(request, Pending(started_at=self._clock()), secret_version)
         self._entries[key] = entry
         self._queue.put_nowait(key)
+        if self._metrics is not None:
+            self._metrics.cache_lookups.labels("miss").inc()
         return entry.outcome
 
     def outcome(self, request: ModuleRequest) -> ModuleOutcome | None:
@@ -374,6 +379,8 @@ class ModuleResolver:
         )
         if self._on_fetched is not None:
             self._on_fetched(module)
+        if self._metrics is not None:
+            self._metrics.module_fetches.labels("success", _scheme(request)).inc()
         self._update(entry, Ready(module))
 
     def _failed(self, entry: _Entry, error: ModuleError) -> float:
@@ -389,6 +396,8 @@ class ModuleResolver:
             attempt=entry.attempts,
             retry_in=round(delay, 3),
         )
+        if self._metrics is not None:
+            self._metrics.module_fetches.labels(error.reason, _scheme(request)).inc()
         previous = self._previous(request)
         outcome: ModuleOutcome
         if previous is not None:
@@ -407,6 +416,8 @@ class ModuleResolver:
         entry = self._entries.get(key)
         if entry is None:
             self._entries[key] = _Entry(request, outcome)
+            if self._metrics is not None and isinstance(outcome, Ready):
+                self._metrics.cache_lookups.labels("hit").inc()
             return outcome
         if entry.task is not None:
             entry.task.cancel()

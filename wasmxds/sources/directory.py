@@ -12,63 +12,67 @@ Image pull secrets (``kubernetes.io/dockerconfigjson`` Secrets) in the same
 files follow the same rules, kept apart from plugins (a Secret and a
 WasmPlugin may share a namespace/name).
 
-Changes arrive from watchfiles in batches. Each changed path is re-examined on
-disk rather than trusting the event kind, so editors that save through a
-temporary file and a rename, deletes, and new subdirectories all come out
-right. Kubernetes ConfigMap volumes swap a hidden ``..data`` symlink; any event
-under a ``..``-prefixed entry triggers a rescan of everything.
+Following the files (editors' rename dance, deletes, new subdirectories,
+ConfigMap symlink swaps) is :class:`wasmxds.sources.watch.FileTree`'s job.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
-import watchfiles
 
-from wasmxds.api.files import is_config_file, iter_config_files
 from wasmxds.api.objects import ObjectKey, Problem, Severity, WasmPlugin
 from wasmxds.api.parse import parse_bytes
 from wasmxds.api.secrets import PullSecret
 from wasmxds.sources.state import SourceState
+from wasmxds.sources.watch import FileTree
 
 __all__ = ["DirectorySource"]
 
 log = structlog.get_logger(__name__)
 
 
+_Kept = TypeVar("_Kept", WasmPlugin, PullSecret)
+
+
 @dataclass(slots=True)
 class _FileRecord:
     seq: int
-    digest: str = ""
     plugins: dict[ObjectKey, WasmPlugin] = field(default_factory=dict)
     problems: tuple[Problem, ...] = ()
     secrets: dict[ObjectKey, PullSecret] = field(default_factory=dict)
 
 
-def _is_swap_marker(path: Path) -> bool:
-    return any(part.startswith("..") and part not in ("..", ".") for part in path.parts)
+def _keep_last_good(
+    current: dict[ObjectKey, _Kept],
+    previous: dict[ObjectKey, _Kept],
+    invalid: Iterable[ObjectKey],
+    path: Path,
+    what: str,
+) -> list[Problem]:
+    """Objects that failed validation keep their previous version (noted as a warning)."""
+    notes = []
+    for key in invalid:
+        kept = previous.get(key)
+        if kept is not None and key not in current:
+            current[key] = kept
+            notes.append(_kept_note(path, kept.origin.line, f"{what}{key}"))
+    return notes
 
 
-def _watch_filter(change: watchfiles.Change, path: str) -> bool:
-    candidate = Path(path)
-    return _is_swap_marker(candidate) or not candidate.name.startswith(".")
-
-
-def _walk(root: Path) -> list[Path]:
-    return list(iter_config_files(root))
-
-
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
+def _kept_note(path: Path, line: int, what: str) -> Problem:
+    return Problem(
+        str(path),
+        line,
+        f"keeping the last valid version of {what} until the error above is fixed",
+        Severity.WARNING,
+    )
 
 
 class DirectorySource:
@@ -81,7 +85,8 @@ class DirectorySource:
         default_namespace: str = "default",
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
-        self.directories = tuple(Path(d).absolute() for d in directories)
+        self._tree = FileTree(directories, self._on_file)
+        self.directories = self._tree.directories
         self._default_namespace = default_namespace
         self._on_change = on_change
         self._files: dict[Path, _FileRecord] = {}
@@ -95,90 +100,32 @@ class DirectorySource:
 
     async def run(self) -> None:
         """Load everything, then follow changes until cancelled."""
-        for directory in self.directories:
-            if not directory.is_dir():
-                log.warning("source.directory_missing", path=str(directory))
-        if await self.rescan() or not self.loaded.is_set():
-            self._changed()
-        self.loaded.set()
-        # watchfiles waits 1.6 s by default to group events; our debouncer does
-        # that job, so let watchfiles report almost at once.
-        async for changes in watchfiles.awatch(
-            *self.directories,
-            watch_filter=_watch_filter,
-            debounce=50,
-            step=10,
-            recursive=True,
-        ):
-            if await self._apply({Path(p) for _, p in changes}):
-                self._changed()
+        await self._tree.follow(self._changed)
 
-    async def rescan(self) -> bool:
-        """Re-read every config file under the watched directories; True when anything changed."""
-        present: list[Path] = []
-        for directory in self.directories:
-            present.extend(await asyncio.to_thread(_walk, directory))
-        changed = False
-        for path in self._files.keys() - set(present):
-            changed |= self._forget(path)
-        for path in present:
-            changed |= await self._reload(path)
-        return changed
-
-    async def _apply(self, paths: set[Path]) -> bool:
-        if any(_is_swap_marker(p) for p in paths):
-            return await self.rescan()
-        changed = False
-        for path in sorted(paths):
-            if path.is_dir():
-                for file in await asyncio.to_thread(_walk, path):
-                    changed |= await self._reload(file)
-            elif path.is_file():
-                if is_config_file(path):
-                    changed |= await self._reload(path)
-            else:
-                for known in [k for k in self._files if k == path or path in k.parents]:
-                    changed |= self._forget(known)
-        return changed
-
-    def _forget(self, path: Path) -> bool:
-        record = self._files.pop(path, None)
-        if record is None:
-            return False
-        log.info("source.file_removed", path=str(path), plugins=len(record.plugins))
-        return True
-
-    async def _reload(self, path: Path) -> bool:
-        data = await asyncio.to_thread(_read, path)
+    def _on_file(self, path: Path, data: bytes | None) -> bool:
         if data is None:
-            return self._forget(path)
-        digest = hashlib.sha256(data).hexdigest()
+            record = self._files.pop(path, None)
+            if record is not None:
+                log.info("source.file_removed", path=str(path), plugins=len(record.plugins))
+            return record is not None
         record = self._files.get(path)
-        if record is not None and record.digest == digest:
-            return False
         if record is None:
             record = self._files[path] = _FileRecord(seq=next(self._seq))
-        record.digest = digest
         parsed = parse_bytes(data, str(path), default_namespace=self._default_namespace)
         problems = list(parsed.problems)
         if not parsed.syntax_ok:
             if record.plugins or record.secrets:
+                line = next((p.line for p in parsed.problems if p.is_error), 0)
                 kept = len(record.plugins) + len(record.secrets)
-                problems.append(self._kept_note(path, kept, "this file"))
+                problems.append(_kept_note(path, line, f"this file's {kept} object(s)"))
         else:
             plugins = {plugin.key: plugin for plugin in parsed.plugins}
-            for key in parsed.invalid_keys:
-                previous = record.plugins.get(key)
-                if previous is not None and key not in plugins:
-                    plugins[key] = previous
-                    problems.append(self._kept_note(path, previous.origin.line, str(key)))
+            problems += _keep_last_good(plugins, record.plugins, parsed.invalid_keys, path, "")
             record.plugins = plugins
             secrets = {secret.key: secret for secret in parsed.secrets}
-            for key in parsed.invalid_secrets:
-                kept_secret = record.secrets.get(key)
-                if kept_secret is not None and key not in secrets:
-                    secrets[key] = kept_secret
-                    problems.append(self._kept_note(path, kept_secret.origin.line, f"Secret {key}"))
+            problems += _keep_last_good(
+                secrets, record.secrets, parsed.invalid_secrets, path, "Secret "
+            )
             record.secrets = secrets
         record.problems = tuple(problems)
         self._log_problems(record.problems)
@@ -192,15 +139,6 @@ class DirectorySource:
         return True
 
     @staticmethod
-    def _kept_note(path: Path, line: int, what: str) -> Problem:
-        return Problem(
-            str(path),
-            line,
-            f"keeping the last valid version of {what} until the error above is fixed",
-            Severity.WARNING,
-        )
-
-    @staticmethod
     def _log_problems(problems: Iterable[Problem]) -> None:
         for problem in problems:
             emit = log.error if problem.is_error else log.warning
@@ -208,6 +146,7 @@ class DirectorySource:
 
     def _changed(self) -> None:
         self._state = self._merge()
+        self.loaded.set()
         self._on_change()
 
     def _merge(self) -> SourceState:

@@ -99,10 +99,18 @@ class PluginResources:
     reason: str = ""
 
 
-def _failure_standin(plugin: WasmPlugin) -> StandIn:
-    if plugin.spec.fail_strategy == wasm_pb2.FAIL_OPEN:
-        return StandIn.ALLOW_ALL
-    return StandIn.DENY_ALL
+def _failure_standin(plugin: WasmPlugin, kind: FilterKind, error: ModuleError) -> PluginResources:
+    """The fail-strategy stand-in: allow-all for FAIL_OPEN, deny-all otherwise."""
+    standin = (
+        StandIn.ALLOW_ALL if plugin.spec.fail_strategy == wasm_pb2.FAIL_OPEN else StandIn.DENY_ALL
+    )
+    return PluginResources(
+        plugin=plugin,
+        kind=kind,
+        config=standin_config(plugin.resource_name, kind, standin),
+        standin=standin,
+        reason=str(error),
+    )
 
 
 def plugin_resources(
@@ -110,26 +118,12 @@ def plugin_resources(
 ) -> PluginResources:
     kind = filter_kind(plugin)
     if isinstance(outcome, Failed):
-        standin = _failure_standin(plugin)
-        return PluginResources(
-            plugin=plugin,
-            kind=kind,
-            config=standin_config(plugin.resource_name, kind, standin),
-            standin=standin,
-            reason=str(outcome.error),
-        )
+        return _failure_standin(plugin, kind, outcome.error)
     module = outcome.module
     try:
         code = LocalCode(module.path) if isinstance(module, LocalFile) else delivery.code(module)
     except ModuleError as exc:
-        standin = _failure_standin(plugin)
-        return PluginResources(
-            plugin=plugin,
-            kind=kind,
-            config=standin_config(plugin.resource_name, kind, standin),
-            standin=standin,
-            reason=str(exc),
-        )
+        return _failure_standin(plugin, kind, exc)
     return PluginResources(
         plugin=plugin,
         kind=kind,

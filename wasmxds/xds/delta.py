@@ -28,9 +28,10 @@ from wasmxds.translate.filters import StandIn
 from wasmxds.xds import wire
 from wasmxds.xds.protocol import (
     ProtocolError,
+    StreamProtocol,
     Verdict,
+    isolate_suspect,
     listener_references,
-    send_rank,
     versions_hash,
 )
 from wasmxds.xds.resources import PreparedResource
@@ -40,7 +41,6 @@ from wasmxds.xds.types import ECDS, LISTENER, WILDCARD
 if TYPE_CHECKING:
     from envoy.service.discovery.v3 import discovery_pb2
 
-    from wasmxds.translate.node import NodeInfo
     from wasmxds.xds.snapshot import Snapshot
 
 __all__ = ["DeltaStream", "DeltaTypeState"]
@@ -51,6 +51,19 @@ _TYPE_URL = 4
 _NONCE = 5
 _REMOVED = 6
 _ABSENT = ""  # "the client knows this name does not exist"
+
+
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """A computed ECDS response, minus its nonce: what the memo on the snapshot holds."""
+
+    updates: tuple[tuple[str, str], ...]
+    removals: tuple[str, ...]
+    system_version: str
+    head: bytes
+    """system_version_info, resources and type_url fields; the nonce follows."""
+    tail: bytes
+    """removed_resources fields; the control plane follows."""
 
 
 def _is_noop(resource: PreparedResource) -> bool:
@@ -86,15 +99,13 @@ class DeltaTypeState:
     def sent_version(self) -> str:
         return self.system_version
 
+    def version_held(self, name: str) -> str | None:
+        """The version of ``name`` the client holds (as far as this stream knows)."""
+        return self.sent.get(name) or None
 
-class DeltaStream:
+
+class DeltaStream(StreamProtocol[DeltaTypeState]):
     """Protocol state of one delta stream (ADS carries several types on it)."""
-
-    def __init__(self, node: NodeInfo, *, control_plane: bytes = b"") -> None:
-        self.node = node
-        self.types: dict[str, DeltaTypeState] = {}
-        self._control_plane = control_plane
-        self._nonce = 0
 
     def handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> Verdict:
         """Apply one request; subscriptions always, ACK/NACK only for the nonce in flight."""
@@ -204,14 +215,21 @@ class DeltaStream:
         if state is None or state.in_flight or state.settled_on is snapshot:
             return None
         state.settled_on = snapshot
+        key = self._shared_key(state)
+        if key is not None:
+            shared = snapshot.delta_responses.get(key)
+            if not isinstance(shared, _Shared):
+                # Computed from the class, the subscription and the versions held
+                # only (see _shared_key): every stream in the same state reuses it.
+                shared = self._shared(state, snapshot)
+                snapshot.delta_responses[key] = shared
+            return self._send_shared(state, shared)
         updates, removals = self._changes(state, snapshot)
-        suspects = [r for r in updates if r.name in state.suspects]
-        if suspects:
-            if len(updates) > 1 or removals:
+        suspect = isolate_suspect(updates, state.suspects)
+        if suspect is not None:
+            if len(updates) + len(removals) > 1:
                 state.settled_on = None  # the rest goes once this one is answered
-            # Isolate the resource a multi-resource NACK was about.
-            updates, removals = suspects[:1], []
-            state.suspects.discard(suspects[0].name)
+            updates, removals = suspect, []
         if not updates and not removals:
             return None
         for resource in updates:
@@ -221,8 +239,7 @@ class DeltaStream:
         for name in removals:
             state.sent[name] = _ABSENT
             state.listener_refs.pop(name, None)
-        self._nonce += 1
-        nonce = str(self._nonce)
+        nonce = self._next_nonce()
         state.in_flight = state.last_nonce = nonce
         state.in_flight_versions = {r.name: r.version for r in updates} | dict.fromkeys(
             removals, _ABSENT
@@ -243,11 +260,55 @@ class DeltaStream:
         """True when :meth:`responses` would send nothing now for ``snapshot``."""
         return all(s.in_flight or s.settled_on is snapshot for s in self.types.values())
 
-    def responses(self, snapshot: Snapshot) -> list[tuple[str, bytes]]:
-        """Everything to send now as (type URL, payload), clusters first (make before break)."""
-        out = []
-        for type_url in sorted(self.types, key=send_rank):
-            payload = self.next_response(type_url, snapshot)
-            if payload is not None:
-                out.append((type_url, payload))
-        return out
+    # -- responses shared by every stream of a class ------------------------
+
+    def _shared_key(self, state: DeltaTypeState) -> object | None:
+        """What the next ECDS response depends on, when nothing per stream is involved.
+
+        Streams of one node class resolve to the same resources, so with the
+        same subscription and the same versions held they get the same changes
+        but for the nonce. NACKed or suspect resources, and listener mode (ECDS
+        removals wait for this stream's LDS ACK), take the regular path.
+        """
+        if state.type_url != ECDS or state.rejected or state.suspects or LISTENER in self.types:
+            return None
+        return (
+            self.node.class_key,
+            frozenset(state.names),
+            state.wildcard,
+            frozenset(state.sent.items()),
+        )
+
+    def _shared(self, state: DeltaTypeState, snapshot: Snapshot) -> _Shared:
+        updates, removals = self._changes(state, snapshot)
+        sent = dict(state.sent)
+        for resource in updates:
+            sent[resource.name] = resource.version
+        for name in removals:
+            sent[name] = _ABSENT
+        system_version = versions_hash({n: v for n, v in sent.items() if v != _ABSENT})
+        head = b"".join(
+            (
+                wire.string_field(_SYSTEM_VERSION, system_version),
+                *(resource.delta_field for resource in updates),
+                wire.string_field(_TYPE_URL, state.type_url),
+            )
+        )
+        tail = b"".join(wire.string_field(_REMOVED, name) for name in removals)
+        return _Shared(
+            tuple((r.name, r.version) for r in updates), tuple(removals), system_version, head, tail
+        )
+
+    def _send_shared(self, state: DeltaTypeState, shared: _Shared) -> bytes | None:
+        """Apply a (possibly shared) response to this stream's state, as next_response does."""
+        if not shared.updates and not shared.removals:
+            return None
+        for name, version in shared.updates:
+            state.sent[name] = version
+        for name in shared.removals:
+            state.sent[name] = _ABSENT
+        nonce = self._next_nonce()
+        state.in_flight = state.last_nonce = nonce
+        state.in_flight_versions = dict(shared.updates) | dict.fromkeys(shared.removals, _ABSENT)
+        state.system_version = shared.system_version
+        return shared.head + wire.string_field(_NONCE, nonce) + shared.tail + self._control_plane

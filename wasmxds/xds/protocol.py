@@ -5,13 +5,20 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from wasmxds.xds.resources import PreparedResource
 from wasmxds.xds.types import SEND_ORDER
 
+if TYPE_CHECKING:
+    from wasmxds.translate.node import NodeInfo
+    from wasmxds.xds.snapshot import Snapshot
+
 __all__ = [
     "ProtocolError",
+    "StreamProtocol",
     "Verdict",
+    "isolate_suspect",
     "listener_references",
     "send_rank",
     "versions_hash",
@@ -50,3 +57,51 @@ def listener_references(listeners: Iterable[PreparedResource]) -> frozenset[str]
     for listener in listeners:
         names.update(getattr(listener.tag, "references", ()))
     return frozenset(names)
+
+
+def isolate_suspect(
+    resources: list[PreparedResource], suspects: set[str]
+) -> list[PreparedResource] | None:
+    """After a NACK of several resources, the next response carries one of them alone.
+
+    Returns that single-resource list (and forgets the suspect), or None when
+    none of ``resources`` is under suspicion.
+    """
+    for resource in resources:
+        if resource.name in suspects:
+            suspects.discard(resource.name)
+            return [resource]
+    return None
+
+
+class _TypeState(Protocol):
+    type_url: str
+
+
+StateT = TypeVar("StateT", bound=_TypeState)
+
+
+class StreamProtocol(Generic[StateT]):
+    """What every stream flavour shares: per-type state, nonces, the send loop."""
+
+    def __init__(self, node: NodeInfo, *, control_plane: bytes = b"") -> None:
+        self.node = node
+        self.types: dict[str, StateT] = {}
+        self._control_plane = control_plane
+        self._nonce = 0
+
+    def _next_nonce(self) -> str:
+        self._nonce += 1
+        return str(self._nonce)
+
+    def next_response(self, type_url: str, snapshot: Snapshot) -> bytes | None:
+        raise NotImplementedError
+
+    def responses(self, snapshot: Snapshot) -> list[tuple[str, bytes]]:
+        """Everything to send now as (type URL, payload), clusters first (make before break)."""
+        out = []
+        for type_url in sorted(self.types, key=send_rank):
+            payload = self.next_response(type_url, snapshot)
+            if payload is not None:
+                out.append((type_url, payload))
+        return out

@@ -118,6 +118,11 @@ class Snapshot:
         self._node_memo: dict[object, _NodeResources] = {}
         self._shared: dict[tuple[str, bytes], PreparedResource] = {}
         self._noops: dict[tuple[str, FilterKind], PreparedResource] = {}
+        self.sotw_responses: dict[object, object] = {}
+        """For :mod:`wasmxds.xds.sotw`: responses computed for one stream, reused by every
+        stream of the same class in the same state (see ``SotwStream._shared_key``)."""
+        self.delta_responses: dict[object, object] = {}
+        """The same for :mod:`wasmxds.xds.delta` (``DeltaStream._shared_key``)."""
 
     @classmethod
     def empty(cls, root_namespace: str) -> Snapshot:

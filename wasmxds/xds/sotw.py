@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING
 from wasmxds.xds import wire
 from wasmxds.xds.protocol import (
     ProtocolError,
+    StreamProtocol,
     Verdict,
     listener_references,
-    send_rank,
     versions_hash,
 )
 from wasmxds.xds.resources import PreparedResource
@@ -44,7 +44,6 @@ from wasmxds.xds.types import ECDS, FULL_STATE, LISTENER, WILDCARD
 if TYPE_CHECKING:
     from envoy.service.discovery.v3 import discovery_pb2
 
-    from wasmxds.translate.node import NodeInfo
     from wasmxds.xds.snapshot import Snapshot
 
 __all__ = ["ProtocolError", "SotwStream", "TypeState", "Verdict", "held_version"]
@@ -53,6 +52,16 @@ __all__ = ["ProtocolError", "SotwStream", "TypeState", "Verdict", "held_version"
 _VERSION_INFO = 1
 _TYPE_URL = 4
 _NONCE = 5
+
+
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """A computed ECDS response, minus its nonce: what the memo on the snapshot holds."""
+
+    to_send: tuple[PreparedResource, ...]
+    sent_version: str
+    body: bytes
+    """version_info, resources and type_url fields; the nonce and control plane follow."""
 
 
 def held_version(held: dict[str, PreparedResource]) -> str:
@@ -91,15 +100,14 @@ class TypeState:
     back), until a request other than a plain ACK changes the state. Lets the ACK
     of every push skip recomputing a response that would be empty."""
 
+    def version_held(self, name: str) -> str | None:
+        """The version of ``name`` the client holds (as far as this stream knows)."""
+        held = self.held.get(name)
+        return None if held is None else held.version
 
-class SotwStream:
+
+class SotwStream(StreamProtocol[TypeState]):
     """Protocol state of one SotW stream (ADS carries several types on it)."""
-
-    def __init__(self, node: NodeInfo, *, control_plane: bytes = b"") -> None:
-        self.node = node
-        self.types: dict[str, TypeState] = {}
-        self._control_plane = control_plane
-        self._nonce = 0
 
     def handle(self, request: discovery_pb2.DiscoveryRequest) -> Verdict:
         """Apply one request to the stream state."""
@@ -245,7 +253,17 @@ class SotwStream:
                 return None
             to_send = full
         else:
+            key = self._shared_key(state)
+            shared = snapshot.sotw_responses.get(key) if key is not None else None
+            if isinstance(shared, _Shared):
+                return self._send_shared(state, shared)
             to_send = self._wanted(state, snapshot)
+            if key is not None:
+                # Computed from the class, the subscription and what is held only
+                # (see _shared_key): every stream in the same state can reuse it.
+                shared = self._shared(state, to_send, type_url)
+                snapshot.sotw_responses[key] = shared
+                return self._send_shared(state, shared)
             if not to_send:
                 return None
             suspects = [r for r in to_send if r.name in state.suspects]
@@ -256,8 +274,7 @@ class SotwStream:
                 state.suspects.discard(suspects[0].name)
             for resource in to_send:
                 state.held[resource.name] = resource
-        self._nonce += 1
-        nonce = str(self._nonce)
+        nonce = self._next_nonce()
         state.in_flight = state.last_nonce = nonce
         state.in_flight_resources = tuple(to_send)
         state.sent_version = held_version(state.held)
@@ -275,11 +292,51 @@ class SotwStream:
         """True when :meth:`responses` would send nothing now for ``snapshot``."""
         return all(s.in_flight or s.settled_on is snapshot for s in self.types.values())
 
-    def responses(self, snapshot: Snapshot) -> list[tuple[str, bytes]]:
-        """Everything to send now as (type URL, payload), clusters first (make before break)."""
-        out = []
-        for type_url in sorted(self.types, key=send_rank):
-            payload = self.next_response(type_url, snapshot)
-            if payload is not None:
-                out.append((type_url, payload))
-        return out
+    # -- responses shared by every stream of a class ------------------------
+
+    def _shared_key(self, state: TypeState) -> object | None:
+        """What the next ECDS response depends on, when nothing per stream is involved.
+
+        Streams of one node class resolve to the same resources (the snapshot's
+        per-class memo), so with the same subscription and the same resources
+        held (compared by identity: resources are shared objects), they get the
+        same response but for the nonce. Anything that makes the answer depend
+        on this stream's history (a resume version, NACKed or suspect
+        resources, a listener that may still reference a removed resource)
+        takes the regular path.
+        """
+        if (
+            state.resume_version
+            or state.rejected
+            or state.suspects
+            or LISTENER in self.types
+            or state.type_url in FULL_STATE
+        ):
+            return None
+        return (state.type_url, self.node.class_key, state.names, frozenset(state.held.items()))
+
+    def _shared(self, state: TypeState, to_send: list[PreparedResource], type_url: str) -> _Shared:
+        held = dict(state.held)
+        for resource in to_send:
+            held[resource.name] = resource
+        sent_version = held_version(held) if to_send else state.sent_version
+        body = b"".join(
+            (
+                wire.string_field(_VERSION_INFO, sent_version),
+                *(resource.sotw_field for resource in to_send),
+                wire.string_field(_TYPE_URL, type_url),
+            )
+        )
+        return _Shared(tuple(to_send), sent_version, body)
+
+    def _send_shared(self, state: TypeState, shared: _Shared) -> bytes | None:
+        """Apply a (possibly shared) response to this stream's state, as next_response does."""
+        if not shared.to_send:
+            return None
+        for resource in shared.to_send:
+            state.held[resource.name] = resource
+        nonce = self._next_nonce()
+        state.in_flight = state.last_nonce = nonce
+        state.in_flight_resources = shared.to_send
+        state.sent_version = shared.sent_version
+        return shared.body + wire.string_field(_NONCE, nonce) + self._control_plane
