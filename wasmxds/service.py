@@ -244,43 +244,30 @@ class Service:
         self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
         try:
             async with asyncio.TaskGroup() as group:
-                background = [
-                    group.create_task(_forever(name, coro), name=name)
-                    for name, coro in (
-                        ("modules.resolver", self.resolver.run()),
-                        ("modules.purge", self.purger.run()),
-                        ("debounce", self.debouncer.run(self._reconcile)),
-                        ("admin", self.admin.run(self.admin_started)),
-                        ("reconcile.first-push-deadline", self._first_push_deadline()),
-                    )
-                ]
-                if self.settings.repull_interval is not None:
-                    background.append(
-                        group.create_task(
-                            _forever(
-                                "modules.repull",
-                                self.resolver.run_repull(self.settings.repull_interval),
-                            ),
-                            name="modules.repull",
-                        )
-                    )
-                long_lived = [
-                    ("sources.directory", self.source.run() if self.settings.config_dirs else None),
+                settings = self.settings
+                optional = [
+                    ("sources.directory", self.source.run() if settings.config_dirs else None),
                     ("sources.kubernetes", self.kubernetes.run() if self.kubernetes else None),
+                    ("sources.templates", self.templates.run() if self.templates else None),
                     ("kubernetes.status", self.status_writer.run() if self.status_writer else None),
+                    (
+                        "modules.repull",
+                        self.resolver.run_repull(settings.repull_interval)
+                        if settings.repull_interval is not None
+                        else None,
+                    ),
                 ]
-                background += [
-                    group.create_task(_forever(name, coro), name=name)
-                    for name, coro in long_lived
-                    if coro is not None
+                stages = [
+                    ("modules.resolver", self.resolver.run()),
+                    ("modules.purge", self.purger.run()),
+                    ("debounce", self.debouncer.run(self._reconcile)),
+                    ("admin", self.admin.run(self.admin_started)),
+                    ("reconcile.first-push-deadline", self._first_push_deadline()),
+                    *((name, coro) for name, coro in optional if coro is not None),
                 ]
-                if self.templates is not None:
-                    background.append(
-                        group.create_task(
-                            _forever("sources.templates", self.templates.run()),
-                            name="sources.templates",
-                        )
-                    )
+                background = [
+                    group.create_task(_forever(name, coro), name=name) for name, coro in stages
+                ]
                 xds = group.create_task(_forever("xds", self.xds.run(self.xds_started)), name="xds")
                 await stop.wait()
                 log.info("service.stopping")

@@ -226,9 +226,10 @@ FAILING: list[Any] = [
     pytest.param(
         with_url(targetRef={"kind": "Service", "name": "svc"}),
         [
-            "target-ref-ignored warning: spec.targetRef: targetRef is accepted for compatibility"
-            " with Istio, but wasmxds matches proxies by selector only (there are no Gateway API"
-            " objects here); this plugin will not apply to any proxy"
+            "target-ref-ignored warning: spec.targetRef: Service targets are accepted for"
+            " compatibility with Istio, where they select waypoints; wasmxds attaches targetRefs"
+            " plugins only to Gateway API gateways (proxies labelled"
+            " gateway.networking.k8s.io/gateway-name), so this reference matches no proxy"
         ],
         id="target-ref-ignored",
     ),
@@ -669,3 +670,9 @@ class TestGoURL:
             parse("1a:b/c")
         with pytest.raises(GoURLError, match="invalid URL escape"):
             parse("a#%zz")
+
+
+def test_gateway_target_refs_are_not_warned_about():
+    """targetRefs to a Gateway apply to gateway proxies, so they get no warning."""
+    ref = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}
+    assert check(with_url(targetRefs=[ref]), ignore=()) == []

@@ -383,22 +383,25 @@ def _target_ref_kind(subject: Subject) -> Iterator[Finding]:
 
 @_check(
     "target-ref-ignored",
-    "warning, wasmxds: targetRef(s) plugins apply to no proxy (wasmxds selects by labels only)",
+    "warning, wasmxds: targetRefs other than a Gateway apply to no proxy (no waypoints here)",
 )
 def _target_ref_ignored(subject: Subject) -> Iterator[Finding]:
     spec = subject.spec
-    for name, is_set in (
-        ("targetRef", spec.HasField("targetRef")),
-        ("targetRefs", bool(spec.targetRefs)),
-    ):
-        if is_set:
-            yield Finding(
-                (*SPEC, name),
-                f"{name} is accepted for compatibility with Istio, but wasmxds matches proxies"
-                " by selector only (there are no Gateway API objects here); this plugin will"
-                " not apply to any proxy",
-                Severity.WARNING,
-            )
+    refs: list[tuple[FieldPath, selector_pb2.PolicyTargetReference]] = []
+    if spec.HasField("targetRef"):
+        refs.append(((*SPEC, "targetRef"), spec.targetRef))
+    refs += [((*SPEC, "targetRefs", i), ref) for i, ref in enumerate(spec.targetRefs)]
+    for path, ref in refs:
+        if ref.kind == "Gateway" and ref.group == "gateway.networking.k8s.io":
+            continue  # matched against proxies labelled gateway.networking.k8s.io/gateway-name
+        yield Finding(
+            path,
+            f"{ref.kind} targets are accepted for compatibility with Istio, where they select"
+            " waypoints; wasmxds attaches targetRefs plugins only to Gateway API gateways"
+            " (proxies labelled gateway.networking.k8s.io/gateway-name), so this reference"
+            " matches no proxy",
+            Severity.WARNING,
+        )
 
 
 # The module: url, sha256, pull settings ---------------------------------------------

@@ -66,6 +66,24 @@ def _keep_last_good(
     return notes
 
 
+def _first_wins(
+    merged: dict[ObjectKey, _Kept], found: dict[ObjectKey, _Kept], path: Path, kind: str
+) -> list[Problem]:
+    """Add ``found`` to ``merged``; a namespace/name already there stays, and is reported."""
+    problems = []
+    for key, item in found.items():
+        first = merged.setdefault(key, item)
+        if first is not item:
+            problems.append(
+                Problem(
+                    str(path),
+                    item.origin.line,
+                    f"{kind} {key} is already defined at {first.origin}; keeping that definition",
+                )
+            )
+    return problems
+
+
 def _kept_note(path: Path, line: int, what: str) -> Problem:
     return Problem(
         str(path),
@@ -155,30 +173,8 @@ class DirectorySource:
         problems: list[Problem] = []
         for path, record in sorted(self._files.items(), key=lambda item: item[1].seq):
             problems.extend(record.problems)
-            for key, plugin in record.plugins.items():
-                first = plugins.get(key)
-                if first is None:
-                    plugins[key] = plugin
-                    continue
-                duplicate = Problem(
-                    str(path),
-                    plugin.origin.line,
-                    f"WasmPlugin {key} is already defined at {first.origin}; "
-                    "keeping that definition",
-                )
-                problems.append(duplicate)
-                self._log_problems([duplicate])
-            for key, secret in record.secrets.items():
-                first_secret = secrets.get(key)
-                if first_secret is None:
-                    secrets[key] = secret
-                    continue
-                duplicate = Problem(
-                    str(path),
-                    secret.origin.line,
-                    f"Secret {key} is already defined at {first_secret.origin}; "
-                    "keeping that definition",
-                )
-                problems.append(duplicate)
-                self._log_problems([duplicate])
+            duplicates = _first_wins(plugins, record.plugins, path, "WasmPlugin")
+            duplicates += _first_wins(secrets, record.secrets, path, "Secret")
+            self._log_problems(duplicates)
+            problems.extend(duplicates)
         return SourceState(plugins=plugins, problems=tuple(problems), secrets=secrets)
