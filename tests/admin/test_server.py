@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -16,6 +16,7 @@ from tests.factories import WASM_HEADER
 from tests.xds.helpers import snapshot_of
 from wasmxds.admin.server import AdminServer, AdminState, Pulse
 from wasmxds.admin.views import Readiness
+from wasmxds.api.objects import Problem, Severity
 from wasmxds.metrics import Metrics
 from wasmxds.modules.store import ModuleStore
 from wasmxds.settings import HostPort
@@ -23,7 +24,7 @@ from wasmxds.settings import HostPort
 
 @contextlib.asynccontextmanager
 async def admin(
-    tmp_path: Path, *, ready: bool = True
+    tmp_path: Path, *, ready: bool = True, problems: Sequence[Problem] = ()
 ) -> AsyncIterator[tuple[str, ModuleStore, Pulse]]:
     store, pulse = ModuleStore(tmp_path), Pulse()
     state = AdminState(
@@ -31,7 +32,7 @@ async def admin(
         sessions=list,
         snapshot=snapshot_of,
         plugins=dict,
-        problems=list,
+        problems=lambda: problems,
         delivery="remote",
         store=store,
         metrics=Metrics(),
@@ -102,3 +103,26 @@ async def test_metrics_are_prometheus_text(tmp_path):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain")
         assert "wasmxds_debounce_pushes_total 0.0" in response.text
+
+
+async def test_problems_page_lists_what_the_sources_found(tmp_path):
+    """/debug/problems shows each source problem with its file, line and severity."""
+    found = [
+        Problem("plugins/a.yaml", 7, "spec.sha256: must be 64 characters long"),
+        Problem("plugins/a.yaml", 1, "keeping the last valid version", Severity.WARNING),
+    ]
+    async with admin(tmp_path, problems=found) as (base, _, _), httpx.AsyncClient() as client:
+        assert (await client.get(f"{base}/debug/problems")).json() == [
+            {
+                "path": "plugins/a.yaml",
+                "line": 7,
+                "severity": "error",
+                "message": "spec.sha256: must be 64 characters long",
+            },
+            {
+                "path": "plugins/a.yaml",
+                "line": 1,
+                "severity": "warning",
+                "message": "keeping the last valid version",
+            },
+        ]
