@@ -24,23 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Red Hat's migration guide, the ServiceMeshExtension half (its WasmPlugin
 # half is tests/api/data/header-append.yaml).
-SEED_EXTENSION = """\
-apiVersion: maistra.io/v1
-kind: ServiceMeshExtension
-metadata:
-  name: header-append
-  namespace: istio-system
-spec:
-  workloadSelector:
-    labels:
-      app: httpbin
-  config:
-    first-header: some-value
-    another-header: another-value
-  image: quay.io/maistra-dev/header-append-filter:2.2
-  phase: PostAuthZ
-  priority: 100
-"""
+SEED_EXTENSION = (
+    Path(__file__).parent / "api" / "seeds" / "header-append-extension.yaml"
+).read_text()
 
 CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: 'on'\n"
 

@@ -18,23 +18,7 @@ DATA = Path(__file__).parent / "data"
 
 # Red Hat's migration guide (OpenShift Service Mesh 2.2, "Migrating from
 # ServiceMeshExtension to WasmPlugin resources"), the ServiceMeshExtension half.
-SEED_EXTENSION = """\
-apiVersion: maistra.io/v1
-kind: ServiceMeshExtension
-metadata:
-  name: header-append
-  namespace: istio-system
-spec:
-  workloadSelector:
-    labels:
-      app: httpbin
-  config:
-    first-header: some-value
-    another-header: another-value
-  image: quay.io/maistra-dev/header-append-filter:2.2
-  phase: PostAuthZ
-  priority: 100
-"""
+SEED_EXTENSION = (Path(__file__).parent / "seeds" / "header-append-extension.yaml").read_text()
 PHASE_LINE = 14
 DIGEST = "sha256:" + "ab" * 32
 
