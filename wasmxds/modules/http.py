@@ -22,7 +22,6 @@ from typing import Self
 import httpx
 import structlog
 
-from wasmxds import __version__
 from wasmxds.errors import (
     BlockedAddressError,
     ChecksumMismatchError,
@@ -32,14 +31,8 @@ from wasmxds.errors import (
     SettingsError,
 )
 from wasmxds.modules.backoff import Backoff
-from wasmxds.modules.ssrf import AddressGuard, AddressResolver, GuardedTransport, IPNetwork
-from wasmxds.modules.transport import (
-    InsecureHosts,
-    TlsRouter,
-    tls_verification_failure,
-    trusting_context,
-    verifying_context,
-)
+from wasmxds.modules.ssrf import AddressResolver, IPNetwork
+from wasmxds.modules.transport import guarded_client, tls_verification_failure
 from wasmxds.modules.types import ModuleRequest
 from wasmxds.modules.unbox import is_wasm, unbox
 
@@ -119,28 +112,10 @@ class HttpFetcher:
         address_resolver: AddressResolver | None = None,
     ) -> None:
         self._settings = settings or FetcherSettings()
-        guard = AddressGuard(self._settings.blocked_cidrs)
-        insecure = InsecureHosts(self._settings.insecure_hosts)
-        verified = GuardedTransport(
-            guard=guard,
-            ssl_context=verifying_context(self._settings.ca_file),
-            resolver=address_resolver,
-        )
-        unverified = (
-            GuardedTransport(guard=guard, ssl_context=trusting_context(), resolver=address_resolver)
-            if insecure
-            else None
-        )
-        self._client = httpx.AsyncClient(
-            transport=TlsRouter(verified, unverified, insecure),
-            timeout=httpx.Timeout(
-                self._settings.read_timeout, connect=self._settings.connect_timeout
-            ),
-            follow_redirects=True,
-            max_redirects=self._settings.max_redirects,
-            # No proxies or .netrc from the environment: they bypass the guard or add secrets.
-            trust_env=False,
-            headers={"User-Agent": f"wasmxds/{__version__}", "Accept-Encoding": "gzip"},
+        # The body is read raw and unboxed under our own size cap (httpx's
+        # decoding has none), so gzip is welcome.
+        self._client, _ = guarded_client(
+            self._settings, accept_encoding="gzip", address_resolver=address_resolver
         )
 
     async def __aenter__(self) -> Self:

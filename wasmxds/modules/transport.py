@@ -12,17 +12,23 @@ import ipaddress
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
 
+from wasmxds import __version__
 from wasmxds.errors import SettingsError
-from wasmxds.modules.ssrf import GuardedTransport
+from wasmxds.modules.ssrf import AddressGuard, AddressResolver, GuardedTransport
+
+if TYPE_CHECKING:
+    from wasmxds.modules.http import FetcherSettings
 
 __all__ = [
     "DEFAULT_PORTS",
     "InsecureHosts",
     "TlsRouter",
+    "guarded_client",
     "parse_insecure_host",
     "plain_http_answer",
     "tls_verification_failure",
@@ -154,3 +160,36 @@ class TlsRouter(httpx.AsyncBaseTransport):
         await self._verified.aclose()
         if self._unverified is not None:
             await self._unverified.aclose()
+
+
+def guarded_client(
+    settings: FetcherSettings,
+    *,
+    accept_encoding: str,
+    address_resolver: AddressResolver | None = None,
+) -> tuple[httpx.AsyncClient, InsecureHosts]:
+    """The HTTP client every module download uses, and the insecure hosts it routes.
+
+    Every connection goes through the address guard; TLS is verified except for
+    ``--insecure-registry`` hosts; redirects are bounded.
+    """
+    guard = AddressGuard(settings.blocked_cidrs)
+    insecure = InsecureHosts(settings.insecure_hosts)
+    verified = GuardedTransport(
+        guard=guard, ssl_context=verifying_context(settings.ca_file), resolver=address_resolver
+    )
+    unverified = (
+        GuardedTransport(guard=guard, ssl_context=trusting_context(), resolver=address_resolver)
+        if insecure
+        else None
+    )
+    client = httpx.AsyncClient(
+        transport=TlsRouter(verified, unverified, insecure),
+        timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+        follow_redirects=True,
+        max_redirects=settings.max_redirects,
+        # No proxies or .netrc from the environment: they bypass the guard or add secrets.
+        trust_env=False,
+        headers={"User-Agent": f"wasmxds/{__version__}", "Accept-Encoding": accept_encoding},
+    )
+    return client, insecure

@@ -41,7 +41,6 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import structlog
 
-from wasmxds import __version__
 from wasmxds.api.dockerconfig import RegistryCredentials
 from wasmxds.errors import (
     BlockedAddressError,
@@ -54,14 +53,11 @@ from wasmxds.errors import (
 from wasmxds.modules.http import FetcherSettings
 from wasmxds.modules.oci.auth import Token, basic_header, check_realm, parse_challenges, parse_token
 from wasmxds.modules.oci.reference import Reference
-from wasmxds.modules.ssrf import AddressGuard, AddressResolver, GuardedTransport
+from wasmxds.modules.ssrf import AddressResolver
 from wasmxds.modules.transport import (
-    InsecureHosts,
-    TlsRouter,
+    guarded_client,
     plain_http_answer,
     tls_verification_failure,
-    trusting_context,
-    verifying_context,
 )
 
 __all__ = ["Credentials", "ManifestData", "RegistryClient", "Repository"]
@@ -119,28 +115,9 @@ class RegistryClient:
         address_resolver: AddressResolver | None = None,
     ) -> None:
         self.settings = settings or FetcherSettings()
-        guard = AddressGuard(self.settings.blocked_cidrs)
-        self._insecure = InsecureHosts(self.settings.insecure_hosts)
-        verified = GuardedTransport(
-            guard=guard,
-            ssl_context=verifying_context(self.settings.ca_file),
-            resolver=address_resolver,
-        )
-        unverified = (
-            GuardedTransport(guard=guard, ssl_context=trusting_context(), resolver=address_resolver)
-            if self._insecure
-            else None
-        )
-        self.http = httpx.AsyncClient(
-            transport=TlsRouter(verified, unverified, self._insecure),
-            timeout=httpx.Timeout(
-                self.settings.read_timeout, connect=self.settings.connect_timeout
-            ),
-            follow_redirects=True,
-            max_redirects=self.settings.max_redirects,
-            # No proxies or .netrc from the environment: they bypass the guard or add secrets.
-            trust_env=False,
-            headers={"User-Agent": f"wasmxds/{__version__}", "Accept-Encoding": "identity"},
+        # Blobs are verified by digest as sent, so no transfer encoding is asked for.
+        self.http, self._insecure = guarded_client(
+            self.settings, accept_encoding="identity", address_resolver=address_resolver
         )
         # Insecure registries found to speak plain HTTP (host[:port]).
         self._plain: set[str] = set()
