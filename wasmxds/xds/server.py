@@ -314,7 +314,12 @@ class XdsServer:
         if default_type and not request.type_url:
             request.type_url = default_type
         before = session.ecds_names()
-        answered = session.protocol.in_flight_names(request.type_url)
+        # Only a NACK needs to know what it answers; ACKs are the hot path.
+        answered = (
+            session.protocol.in_flight_names(request.type_url)
+            if request.HasField("error_detail")
+            else ()
+        )
         verdict = session.protocol.handle(request)
         if verdict is Verdict.ACK:
             sent = session.sent_at.pop(request.type_url, None)
