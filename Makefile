@@ -47,8 +47,12 @@ unit: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/pytest e2e
 
+.PHONY: system-deps
+system-deps:
+	@scripts/system-deps.sh
+
 .PHONY: test
-test: lint typecheck
+test: system-deps lint typecheck
 	$(BIN)/pytest
 
 PROTO_SRC := $(wildcard protos/wasmxds/api/proto/*.proto)

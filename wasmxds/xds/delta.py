@@ -256,10 +256,6 @@ class DeltaStream(StreamProtocol[DeltaTypeState]):
             )
         )
 
-    def settled(self, snapshot: Snapshot) -> bool:
-        """True when :meth:`responses` would send nothing now for ``snapshot``."""
-        return all(s.in_flight or s.settled_on is snapshot for s in self.types.values())
-
     # -- responses shared by every stream of a class ------------------------
 
     def _shared_key(self, state: DeltaTypeState) -> object | None:

@@ -76,6 +76,8 @@ def isolate_suspect(
 
 class _TypeState(Protocol):
     type_url: str
+    in_flight: str
+    settled_on: object
 
 
 StateT = TypeVar("StateT", bound=_TypeState)
@@ -96,6 +98,10 @@ class StreamProtocol(Generic[StateT]):
 
     def next_response(self, type_url: str, snapshot: Snapshot) -> bytes | None:
         raise NotImplementedError
+
+    def settled(self, snapshot: Snapshot) -> bool:
+        """True when :meth:`responses` would send nothing now for ``snapshot``."""
+        return all(s.in_flight or s.settled_on is snapshot for s in self.types.values())
 
     def responses(self, snapshot: Snapshot) -> list[tuple[str, bytes]]:
         """Everything to send now as (type URL, payload), clusters first (make before break)."""
