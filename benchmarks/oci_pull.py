@@ -20,11 +20,11 @@ from pathlib import Path
 
 from e2e.harness.images import OrasPusher, artifact_image, compat_image
 from e2e.harness.registry import running_registry
-from wasmxds.modules.http import FetcherSettings
 from wasmxds.modules.index import ModuleIndex
 from wasmxds.modules.oci.client import Credentials
 from wasmxds.modules.oci.fetcher import OciFetcher
 from wasmxds.modules.oci.reference import parse_reference
+from wasmxds.modules.settings import FetcherSettings
 from wasmxds.modules.store import ModuleStore
 
 REPO = Path(__file__).resolve().parents[1]

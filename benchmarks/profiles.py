@@ -30,13 +30,13 @@ _CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
         (
             "wasmxds/xds/sotw.py",
             "wasmxds/xds/delta.py",
-            "wasmxds/xds/protocol.py",
+            "wasmxds/xds/stream.py",
             "wasmxds/xds/snapshot.py",
             "wasmxds/xds/wire.py",
             "wasmxds/xds/resources.py",
         ),
     ),
-    ("reading the node (json_format)", ("json_format", "wasmxds/translate/node.py")),
+    ("reading the node (json_format)", ("json_format", "wasmxds/xds/node.py")),
     ("event loop: wakeups, futures, callbacks (asyncio)", ("asyncio/",)),
     ("file watcher threads (watchfiles, anyio)", ("anyio/", "watchfiles/", "threading.py")),
     (

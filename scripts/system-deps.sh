@@ -1,32 +1,40 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite drives, when any is missing.
-#   clang, lld       rebuild the example Wasm filter to prove the committed binary is current
-#   wabt             wasm-objdump, to check the filter's proxy-wasm ABI surface
-#   docker-registry  a real OCI registry (distribution) the OCI tests start on loopback
-#                    (htpasswd files are written with the bcrypt wheel, so no apache2-utils)
-#   docker-compose   `docker-compose config` validates docker-compose.yml (no Docker
-#                    engine is needed or used; tests/packaging)
-# Without root (and without sudo) it prints the one command to run instead.
+# Installs the system packages the test suite drives, when a tool they provide is missing.
+#   clang            (clang)          rebuild the example Wasm filter to prove the committed
+#   wasm-ld          (lld)            binary is current
+#   wasm-objdump     (wabt)           check the filter's proxy-wasm ABI surface
+#   docker-registry  (docker-registry) a real OCI registry (distribution) the OCI tests start
+#                                     on loopback (htpasswd files are written with the bcrypt
+#                                     wheel, so no apache2-utils)
+#   docker-compose   (docker-compose) `docker-compose config` validates docker-compose.yml
+#                                     (no Docker engine is needed or used; tests/packaging)
+# The tools are looked for on PATH, so however they were installed they count; only
+# what is missing is named by its Debian package. Without root (and without
+# sudo) it prints, on one line, the command to run instead.
 set -euo pipefail
 
-packages=(clang lld wabt docker-registry docker-compose)
+tools=(clang:clang wasm-ld:lld wasm-objdump:wabt docker-registry:docker-registry
+    docker-compose:docker-compose)
 missing=()
-for package in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
-        || missing+=("$package")
+for tool in "${tools[@]}"; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 ((${#missing[@]})) || exit 0
 
-if ! command -v apt-get >/dev/null; then
-    echo "make test needs these packages (Debian names): ${missing[*]}; install them with your" \
-        "package manager and run make test again." >&2
+install="apt-get install -y --no-install-recommends ${missing[*]}"
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "make test needs these tools; install the packages (Debian names: ${missing[*]})" \
+        "with your package manager and run make test again" >&2
     exit 1
 fi
 sudo=()
 if [[ $(id -u) -ne 0 ]]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+        echo "make test needs system packages; as root run: apt-get update && $install" >&2
+        exit 1
+    fi
     if ! sudo -n true 2>/dev/null; then
-        echo "make test needs system packages that are missing; run once:" >&2
-        echo "    sudo apt-get update && sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
+        echo "make test needs system packages; run: sudo apt-get update && sudo $install" >&2
         exit 1
     fi
     sudo=(sudo -n)

@@ -9,7 +9,7 @@ from google.protobuf import json_format
 
 from wasmxds.api.objects import ObjectKey, Origin, WasmPlugin
 from wasmxds.api.proto import wasm_pb2
-from wasmxds.translate.node import NodeInfo
+from wasmxds.xds.node import NodeInfo
 
 WASM_HEADER = b"\0asm\x01\x00\x00\x00"
 

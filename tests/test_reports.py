@@ -11,7 +11,7 @@ from wasmxds.modules.types import Failed, LocalFile, ModuleRequest, Pending, Rea
 from wasmxds.reconcile import PluginStatus
 from wasmxds.reports import plugin_reports
 from wasmxds.sources.kube.status import ModuleState
-from wasmxds.translate.node import NodeInfo
+from wasmxds.xds.node import NodeInfo
 from wasmxds.xds.server import Session
 from wasmxds.xds.snapshot import Snapshot
 from wasmxds.xds.sotw import SotwStream

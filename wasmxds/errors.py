@@ -3,7 +3,13 @@
     WasmxdsError
     ├── ConfigError                 input we were given is wrong
     │   ├── SettingsError           a command-line flag or its value
-    │   └── ObjectError             a WasmPlugin (or other object) failed validation
+    │   ├── YamlSyntaxError         a file is not YAML (``line`` says where)
+    │   │   └── YamlLimitError      a file passed a size/depth/alias bound
+    │   ├── GoURLError              Go's url.Parse would refuse the URL (also a ValueError)
+    │   ├── DockerConfigError       a Docker config (or pull secret) is unusable (also a ValueError)
+    │   └── KubeConfigError         the kubeconfig or in-cluster configuration is unusable
+    ├── KubeApiError                a Kubernetes API request failed (``status``, ``transient``)
+    │   └── Gone                    410: the resourceVersion is too old
     └── ModuleError                 a Wasm module could not be made available
         ├── UnsupportedSchemeError  the URL's scheme cannot be fetched
         ├── InvalidReferenceError   an oci:// URL is not a valid image reference
@@ -20,12 +26,19 @@
         ├── UnsafeLayerError        an image layer has path traversal or link entries
         └── CacheWriteError         the verified module could not be written to the cache
 
+A :class:`ModuleError` carries its parts as fields (``url``, ``detail``,
+``reason``, ``retryable``) and builds its message in ``__str__``: code that
+learns which URL an error is about sets it with :meth:`ModuleError.about`
+instead of rebuilding the exception.
+
 Third-party errors (httpx, yaml, grpc, OS) are translated where they are caught,
 with ``raise ... from exc`` so the original stays on ``__cause__``. Messages never
 carry credentials: they name the URL (without userinfo), the file, or the field.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar, Self
 
 __all__ = [
     "BlockedAddressError",
@@ -34,24 +47,33 @@ __all__ = [
     "ChecksumMismatchError",
     "ConfigError",
     "DigestMismatchError",
+    "DockerConfigError",
     "FetchError",
+    "GoURLError",
+    "Gone",
     "InvalidReferenceError",
+    "KubeApiError",
+    "KubeConfigError",
     "MissingPullSecretError",
     "ModuleError",
     "ModuleTooLargeError",
     "NotWasmError",
-    "ObjectError",
     "RegistryAuthError",
     "SettingsError",
     "UnknownLayoutError",
     "UnsafeLayerError",
     "UnsupportedSchemeError",
     "WasmxdsError",
+    "YamlLimitError",
+    "YamlSyntaxError",
 ]
 
 
 class WasmxdsError(Exception):
     """Base of every error wasmxds raises on purpose."""
+
+
+# ----------------------------------------------------------------- configuration
 
 
 class ConfigError(WasmxdsError):
@@ -62,114 +84,132 @@ class SettingsError(ConfigError):
     """A command-line flag or its value is invalid."""
 
 
-class ObjectError(ConfigError):
-    """An object from a source failed validation; ``str()`` names file/object and field."""
+class YamlSyntaxError(ConfigError):
+    """The text is not YAML; ``line`` is 1-based (1 when unknown)."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+class YamlLimitError(YamlSyntaxError):
+    """The text passed a bound of :class:`~wasmxds.api.limits.Limits`; none of it is used."""
+
+
+class GoURLError(ConfigError, ValueError):
+    """Go's ``url.Parse`` would fail; the message is Go's reason."""
+
+
+class DockerConfigError(ConfigError, ValueError):
+    """The content is not a usable Docker config; the message names the field, never its value."""
+
+
+class KubeConfigError(ConfigError):
+    """The kubeconfig or in-cluster configuration cannot be used (fatal: fix and restart)."""
+
+
+# -------------------------------------------------------------------- Kubernetes
+
+
+class KubeApiError(WasmxdsError):
+    """A request failed. ``status`` is the HTTP (or Status ``code``) value, 0 when no
+    answer came at all (connection refused or dropped, timeout, TLS failure)."""
+
+    def __init__(self, what: str, status: int, message: str) -> None:
+        self.what = what
+        self.status = status
+        self.message = message
+        code = f"HTTP {status}" if status else "no answer"
+        super().__init__(f"{what}: {code}: {message}")
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying as is: no answer, throttled, or a server-side failure."""
+        return self.status == 0 or self.status == 429 or self.status >= 500
+
+
+class Gone(KubeApiError):
+    """410: the resourceVersion (or continue token) is older than the server's history."""
+
+
+# ----------------------------------------------------------------------- modules
 
 
 class ModuleError(WasmxdsError):
     """A Wasm module could not be made available to proxies.
 
     ``reason`` is a short machine-friendly label used in metrics and status
-    (``fetch_failed``, ``checksum_mismatch``...); the message is for humans.
+    (``fetch_failed``, ``checksum_mismatch``...). ``detail`` says what went wrong
+    and ``url`` (redacted, "" until known) which module it is about; ``str()`` is
+    ``"<url>: <detail>"``. ``retryable`` tells the caller whether trying again
+    later can help (a 404 may become a 200 once the module is published; a 501
+    will not change); each class has a default.
     """
 
-    reason = "module_error"
+    reason: ClassVar[str] = "module_error"
+    retry_helps: ClassVar[bool] = True
+
+    def __init_subclass__(cls, *, reason: str = "", retryable: bool = True) -> None:
+        # Declared on the class line, so each kind of failure is one line plus its docstring.
+        super().__init_subclass__()
+        if reason:
+            cls.reason = reason
+        cls.retry_helps = retryable and cls.retry_helps
+
+    def __init__(self, detail: str, *, url: str = "", retryable: bool | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.url = url
+        self.retryable = self.retry_helps if retryable is None else retryable
+
+    def __str__(self) -> str:
+        return f"{self.url}: {self.detail}" if self.url else self.detail
+
+    def about(self, url: str) -> Self:
+        """Name the module this error is about, unless a deeper caller already did."""
+        if not self.url:
+            self.url = url
+        return self
 
 
-class UnsupportedSchemeError(ModuleError):
-    """The module URL uses a scheme wasmxds cannot fetch."""
-
-    reason = "unsupported_scheme"
+class UnsupportedSchemeError(ModuleError, reason="unsupported_scheme", retryable=False): ...
 
 
-class FetchError(ModuleError):
-    """Transferring the module failed: connection, HTTP status, or timeout.
-
-    ``retryable`` tells the caller whether trying again later can help
-    (a 404 may become a 200 once the module is published; a 501 will not change).
-    """
-
-    reason = "fetch_failed"
-
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.retryable = retryable
+class FetchError(ModuleError, reason="fetch_failed"): ...
 
 
-class BlockedAddressError(FetchError):
-    """The module host resolved to a link-local or cloud-metadata address (SSRF guard)."""
-
-    reason = "blocked_address"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, retryable=False)
+class BlockedAddressError(FetchError, reason="blocked_address", retryable=False): ...
 
 
-class ModuleTooLargeError(ModuleError):
-    """The module, or an archive it is packed in, exceeds the configured size cap."""
-
-    reason = "too_large"
+class ModuleTooLargeError(ModuleError, reason="too_large"): ...
 
 
-class NotWasmError(ModuleError):
-    """The fetched bytes are not a WebAssembly binary (no ``\\0asm`` header)."""
-
-    reason = "not_wasm"
+class NotWasmError(ModuleError, reason="not_wasm"): ...
 
 
-class ChecksumMismatchError(ModuleError):
-    """The module's SHA-256 differs from the ``sha256`` the plugin asks for."""
-
-    reason = "checksum_mismatch"
+class ChecksumMismatchError(ModuleError, reason="checksum_mismatch"): ...
 
 
-class CacheWriteError(ModuleError):
-    """Writing a verified module into the local cache failed (disk full, permissions)."""
-
-    reason = "cache_write_failed"
+class CacheWriteError(ModuleError, reason="cache_write_failed"): ...
 
 
-class InvalidReferenceError(ModuleError):
-    """An ``oci://`` URL (or a URL without a scheme) is not a valid image reference."""
-
-    reason = "invalid_reference"
+class InvalidReferenceError(ModuleError, reason="invalid_reference", retryable=False): ...
 
 
-class MissingPullSecretError(ModuleError):
-    """The plugin names an ``imagePullSecret`` that no source provides."""
-
-    reason = "pull_secret_missing"
+class MissingPullSecretError(ModuleError, reason="pull_secret_missing"): ...
 
 
-class BlockedRealmError(FetchError):
-    """A registry's bearer-token realm points somewhere wasmxds refuses to send requests."""
-
-    reason = "blocked_realm"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, retryable=False)
+class BlockedRealmError(FetchError, reason="blocked_realm", retryable=False): ...
 
 
-class RegistryAuthError(FetchError):
-    """The registry requires credentials we do not have, or rejected the ones we sent."""
-
-    reason = "auth_failed"
+class RegistryAuthError(FetchError, reason="auth_failed"): ...
 
 
-class DigestMismatchError(FetchError):
-    """A manifest or blob does not hash to the digest it was requested by (corrupt or lying)."""
-
-    reason = "digest_mismatch"
+class DigestMismatchError(FetchError, reason="digest_mismatch"): ...
 
 
-class UnknownLayoutError(ModuleError):
-    """An OCI image holds no Wasm module in any layout wasmxds knows; the message lists
-    the media types that were found."""
-
-    reason = "unknown_layout"
+class UnknownLayoutError(ModuleError, reason="unknown_layout"): ...
 
 
-class UnsafeLayerError(ModuleError):
-    """An image layer has an entry escaping it (``..``), or a link where a file is needed."""
-
-    reason = "unsafe_layer"
+class UnsafeLayerError(ModuleError, reason="unsafe_layer"): ...

@@ -9,13 +9,13 @@ references are reduced to their scheme.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "StreamMetrics"]
 
 # Push latencies on loopback are milliseconds; across a fleet, seconds.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -108,3 +108,36 @@ class Metrics:
     ) -> None:
         """A gauge whose samples are read from ``read`` at every scrape."""
         self._live.add(name, documentation, labels, read)
+
+
+class StreamMetrics:
+    """The xDS server's stream events as metrics (``wasmxds.xds.events.StreamEvents``)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        # Labelled children resolved once: labels() costs a locked lookup per
+        # call, and these are recorded per stream on every push.
+        self._send_to_ack = metrics.push_latency.labels("send_to_ack")
+        self._change_to_send = metrics.push_latency.labels("change_to_send")
+        self._pushes: dict[tuple[str, str], Counter] = {}
+
+    def watch_streams(self, counts: Callable[[], Iterable[tuple[tuple[str, ...], float]]]) -> None:
+        self._metrics.live_gauge(
+            "wasmxds_xds_connected_proxies", "open xDS streams", ("flavour", "service"), counts
+        )
+
+    def on_push(self, type_url: str, flavour: str, since_change: float | None) -> None:
+        key = (type_url, flavour)
+        pushes = self._pushes.get(key)
+        if pushes is None:
+            pushes = self._pushes[key] = self._metrics.pushes.labels(*key)
+        pushes.inc()
+        if since_change is not None:
+            self._change_to_send.observe(since_change)
+
+    def on_ack(self, type_url: str, since_send: float) -> None:
+        self._send_to_ack.observe(since_send)
+
+    def on_nack(self, type_url: str, resources: Sequence[str]) -> None:
+        for name in resources:
+            self._metrics.nacks.labels(type_url, name).inc()

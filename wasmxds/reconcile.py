@@ -7,14 +7,33 @@ A plugin whose module is not settled yet is never referenced half-ready:
 - a new plugin stays out of the snapshot (proxies get nothing for it yet);
 - an edited plugin keeps serving its previous version until the new module is
   ready (make before break);
-- a failed module is served as the fail-strategy stand-in while the resolver
-  retries in the background; each settled fetch triggers another reconcile.
+- an edit whose module fails (fetch error, checksum, not Wasm, ...) keeps
+  serving the plugin's last good version, module and config exactly as they
+  were served, while the resolver retries in the background; the edit applies
+  by itself once its module is good (each settled fetch triggers another
+  reconcile);
+- only a plugin with no good version yet gets the fail-strategy stand-in.
+
+The last good versions outlive the process: they are written to
+``<cache>/last-good.json`` (:mod:`wasmxds.last_good`) whenever they change and
+read back at the first reconcile, so a restarted server, or a replica started
+after a bad edit on the same cache directory, serves what the others serve
+instead of the stand-in (when the module is still in the cache; the purge
+keeps it there). A plugin that
+leaves the sources keeps its last good version for ``forget_after`` seconds,
+so moving it between files (gone from one, then added to another, in two
+reconciles) loses nothing; nothing is forgotten before the sources have
+loaded, so a restart does not forget everything before the directories are
+read. A plugin re-created after the grace starts over: stand-in until its
+module is good.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,6 +43,7 @@ import structlog
 from wasmxds.api.objects import ObjectKey, Problem, WasmPlugin
 from wasmxds.api.proto import wasm_pb2
 from wasmxds.api.secrets import PullSecret
+from wasmxds.last_good import LastGoodFile, SavedGood
 from wasmxds.metrics import Metrics
 from wasmxds.modules.secrets import PullSecrets
 from wasmxds.modules.types import (
@@ -42,9 +62,10 @@ from wasmxds.translate.plugins import (
     PluginResources,
     plugin_resources,
 )
-from wasmxds.xds.snapshot import Snapshot, build_snapshot
+from wasmxds.translate.snapshot import build_snapshot
+from wasmxds.xds.snapshot import Snapshot
 
-__all__ = ["ModuleSource", "PluginStatus", "Reconciler", "module_request"]
+__all__ = ["ModuleSource", "PluginStatus", "Reconciler", "Serving", "module_request"]
 
 log = structlog.get_logger(__name__)
 
@@ -94,14 +115,43 @@ def module_request(plugin: WasmPlugin) -> ModuleRequest:
     )
 
 
+class Serving(enum.StrEnum):
+    """What proxies get for a plugin now."""
+
+    FILTER = "filter"
+    # An earlier version (module and config), while the current one's module is
+    # pending or failed.
+    LAST_GOOD = "last_good"
+    STANDIN = "stand-in"
+    NOT_YET = "not yet"
+
+
 @dataclass(frozen=True, slots=True)
 class PluginStatus:
-    """What the last reconcile decided for one plugin (for logs, debug and status)."""
+    """What the last reconcile decided for one plugin (for logs, debug and status).
+
+    ``served`` is what proxies get under the plugin's name; with
+    ``serving=LAST_GOOD`` it belongs to an earlier version of the plugin
+    (``served.plugin``), whose module is ``served_module``. ``unavailable`` says
+    why this version's module cannot be served (a failed fetch, or a module the
+    delivery mode cannot carry), empty when it can.
+    """
 
     plugin: WasmPlugin
     request: ModuleRequest
     outcome: ModuleOutcome
     served: PluginResources | None
+    served_module: Module | None = None
+    serving: Serving = Serving.NOT_YET
+    unavailable: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Good:
+    """A plugin version that was served with its real filter, and the module behind it."""
+
+    resources: PluginResources
+    module: Module | None
 
 
 class Reconciler:
@@ -122,6 +172,10 @@ class Reconciler:
         pull_secrets: PullSecrets | None = None,
         change_seen: Callable[[], float | None] = lambda: None,
         metrics: Metrics | None = None,
+        saved: LastGoodFile | None = None,
+        find_module: Callable[[str], Module | None] | None = None,
+        sources_loaded: Callable[[], bool] = lambda: True,
+        forget_after: float = 60.0,
     ) -> None:
         self._sources = sources
         self._resolver = resolver
@@ -133,6 +187,17 @@ class Reconciler:
         self._served: dict[str, PluginResources] = {}
         # The module behind each served resource, so the purge never deletes one in use.
         self._served_modules: dict[str, Module] = {}
+        # Per resource name, the latest version served with its real filter: what an
+        # edit whose module fails keeps serving.
+        self._last_good: dict[str, _Good] = {}
+        # The persisted copy of _last_good, read back once, at the first reconcile.
+        self._saved = saved if saved is not None else LastGoodFile()
+        self._find_module = find_module
+        self._restored = False
+        self._sources_loaded = sources_loaded
+        self._forget_after = forget_after
+        # Resource name → when its plugin was first seen missing from the loaded sources.
+        self._absent_since: dict[str, float] = {}
         self._pull_secrets = pull_secrets
         self._published = False
         self._clock = clock
@@ -141,10 +206,104 @@ class Reconciler:
         self._metrics = metrics
         self.status: dict[ObjectKey, PluginStatus] = {}
         self.problems: tuple[Problem, ...] = ()
+        if metrics is not None:
+            metrics.live_gauge(
+                "wasmxds_plugins",
+                "WasmPlugins by what proxies get (filter, last_good, stand-in, not yet) "
+                "and the state of their current module",
+                ("served", "module"),
+                self._plugin_counts,
+            )
+
+    def _plugin_counts(self) -> list[tuple[tuple[str, ...], float]]:
+        counts = Counter(
+            (entry.serving.value, _module_state(entry.outcome)) for entry in self.status.values()
+        )
+        return [(labels, float(count)) for labels, count in sorted(counts.items())]
 
     @property
     def snapshot(self) -> Snapshot:
         return self._snapshot
+
+    def kept_modules(self) -> set[str]:
+        """Digests of every last good module, persisted ones included: the purge keeps them."""
+        digests = {saved.digest for saved in self._saved.entries.values()}
+        digests.update(g.module.digest for g in self._last_good.values() if g.module is not None)
+        return digests
+
+    async def _restore(self) -> None:
+        """Make the persisted last good versions usable again (the first reconcile only)."""
+        found: dict[str, tuple[SavedGood, Module]] = {}
+        for name, saved in self._saved.entries.items():
+            if name in self._last_good:
+                continue
+            module = None
+            if self._find_module is not None:
+                # A stat: off the event loop, like all disk I/O.
+                module = await asyncio.to_thread(self._find_module, saved.digest)
+            if module is None:
+                log.warning(
+                    "reconcile.last_good_module_missing",
+                    plugin=str(saved.plugin.key),
+                    digest=saved.digest,
+                    action="dropped; the plugin gets its stand-in while its module fails",
+                )
+                continue
+            found[name] = (saved, module)
+        if not found:
+            return
+        delivery = await self._prepare_delivery([Ready(module) for _, module in found.values()])
+        for name, (saved, module) in found.items():
+            resources = plugin_resources(
+                saved.plugin, Ready(module), delivery, runtime=self._runtime
+            )
+            if resources.standin is not None:
+                log.warning(
+                    "reconcile.last_good_unusable",
+                    plugin=str(saved.plugin.key),
+                    error=resources.reason,
+                )
+                continue
+            self._last_good[name] = _Good(resources, module)
+        log.info("reconcile.last_good_restored", plugins=len(found))
+
+    def _forget_expired(self) -> None:
+        """Drop last good versions of plugins absent for the whole grace (before using any)."""
+        now = self._clock()
+        for name, since in list(self._absent_since.items()):
+            if now - since >= self._forget_after:
+                del self._absent_since[name]
+                good = self._last_good.pop(name, None)
+                if good is not None:
+                    log.info("reconcile.last_good_forgotten", plugin=str(good.resources.plugin.key))
+
+    def _keep_absent(self, last_good: dict[str, _Good], desired: Iterable[str]) -> None:
+        """Carry last good versions of plugins missing from the sources through the grace."""
+        present = set(desired)
+        for name in present:
+            self._absent_since.pop(name, None)
+        loaded = self._sources_loaded()
+        now = self._clock()
+        for name, good in self._last_good.items():
+            if name in present:
+                continue
+            if loaded:
+                since = self._absent_since.setdefault(name, now)
+                if now - since >= self._forget_after:
+                    self._absent_since.pop(name, None)
+                    log.info("reconcile.last_good_forgotten", plugin=str(good.resources.plugin.key))
+                    continue
+            last_good[name] = good
+
+    async def _persist(self, last_good: dict[str, _Good]) -> None:
+        self._saved.replace(
+            {
+                name: SavedGood(good.resources.plugin, good.module.digest)
+                for name, good in sorted(last_good.items())
+                if good.module is not None  # file:// modules are not in the cache
+            }
+        )
+        await self._saved.flush()
 
     @property
     def published(self) -> bool:
@@ -185,13 +344,40 @@ class Reconciler:
         self._delivery = InlineDelivery(delivery.max_size, blobs)
         return self._delivery
 
+    @staticmethod
+    def _log_unavailable(
+        plugin: WasmPlugin,
+        request: ModuleRequest,
+        outcome: Ready | Failed,
+        unavailable: PluginResources,
+        serving: Serving,
+    ) -> None:
+        """Warn that the plugin's module cannot be used, and what proxies get instead."""
+        log.warning(
+            # Events keep their names (tests and alerting match on them).
+            "reconcile.last_good" if serving is Serving.LAST_GOOD else "reconcile.standin",
+            plugin=str(plugin.key),
+            url=request.display_url,
+            serving=serving.value,
+            standin=unavailable.standin.value
+            if unavailable.standin and serving is Serving.STANDIN
+            else None,
+            error=unavailable.reason,
+            retry_in=round(outcome.next_retry_in, 1) if isinstance(outcome, Failed) else None,
+        )
+
     async def reconcile(self) -> None:
         started = time.perf_counter()
+        if not self._restored:
+            self._restored = True
+            await self._restore()
+        self._forget_expired()
         desired = self._desired()
         requests = {key: module_request(plugin) for key, plugin in desired.items()}
 
         served: dict[str, PluginResources] = {}
         served_modules: dict[str, Module] = {}
+        last_good: dict[str, _Good] = {}
         pending: list[str] = []
         status: dict[ObjectKey, PluginStatus] = {}
         outcomes = {key: self._resolver.resolve(request) for key, request in requests.items()}
@@ -200,32 +386,68 @@ class Reconciler:
             request = requests[key]
             outcome = outcomes[key]
             name = plugin.resource_name
+            good = self._last_good.get(name)
+            if good is not None:
+                last_good[name] = good
+            serving = Serving.NOT_YET
+            unavailable = ""
             if isinstance(outcome, Pending):
                 previous = self._served.get(name)
                 if previous is not None:
                     served[name] = previous
                     if name in self._served_modules:
                         served_modules[name] = self._served_modules[name]
+                    serving = Serving.STANDIN if previous.standin else Serving.LAST_GOOD
+                elif good is not None:
+                    # Not served by this process yet (a restart, or a plugin back within
+                    # the grace): make before break with the last good version.
+                    served[name] = good.resources
+                    if good.module is not None:
+                        served_modules[name] = good.module
+                    serving = Serving.LAST_GOOD
                 else:
                     pending.append(name)
             else:
-                served[name] = plugin_resources(plugin, outcome, delivery, runtime=self._runtime)
-                if isinstance(outcome, Ready) and isinstance(outcome.module, Module):
-                    served_modules[name] = outcome.module
-                standin = served[name].standin
-                if isinstance(outcome, Failed) and standin is not None:
-                    log.warning(
-                        "reconcile.standin",
-                        plugin=str(key),
-                        url=request.display_url,
-                        standin=standin.value,
-                        error=str(outcome.error),
-                        retry_in=round(outcome.next_retry_in, 1),
-                    )
-            status[key] = PluginStatus(plugin, request, outcome, served.get(name))
-        # After resolving: new requests exist now, and what is served is known (and kept).
-        self._resolver.retain(requests.values(), in_use=served_modules.values())
+                fresh = plugin_resources(plugin, outcome, delivery, runtime=self._runtime)
+                if fresh.standin is None:
+                    served[name] = fresh
+                    serving = Serving.FILTER
+                    if isinstance(outcome, Ready) and isinstance(outcome.module, Module):
+                        served_modules[name] = outcome.module
+                    last_good[name] = _Good(fresh, served_modules.get(name))
+                elif good is not None:
+                    unavailable = fresh.reason
+                    # Module unavailable after an edit: exactly what was served before.
+                    served[name] = good.resources
+                    if good.module is not None:
+                        served_modules[name] = good.module
+                    serving = Serving.LAST_GOOD
+                    self._log_unavailable(plugin, request, outcome, fresh, serving)
+                else:
+                    unavailable = fresh.reason
+                    served[name] = fresh
+                    serving = Serving.STANDIN
+                    self._log_unavailable(plugin, request, outcome, fresh, serving)
+            status[key] = PluginStatus(
+                plugin,
+                request,
+                outcome,
+                served.get(name),
+                served_modules.get(name),
+                serving,
+                unavailable,
+            )
+        self._keep_absent(last_good, (plugin.resource_name for plugin in desired.values()))
+        self._last_good = last_good
+        # After resolving: new requests exist now, and what is served is known (and kept),
+        # and so are the last good modules (a later failing edit falls back to them).
+        in_use = {m.digest: m for m in served_modules.values()}
+        for good in last_good.values():
+            if good.module is not None:
+                in_use.setdefault(good.module.digest, good.module)
+        self._resolver.retain(requests.values(), in_use=in_use.values())
         self._served_modules = served_modules
+        await self._persist(last_good)
 
         templates = self._templates() if self._templates is not None else TemplateState()
         self.problems += templates.problems
@@ -259,3 +481,9 @@ class Reconciler:
             streams=woken,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
+
+
+def _module_state(outcome: ModuleOutcome) -> str:
+    if isinstance(outcome, Ready):
+        return "ready" if outcome.stale is None else "stale"
+    return "failed" if isinstance(outcome, Failed) else "pending"

@@ -12,14 +12,20 @@ from collections.abc import Iterable, Mapping
 
 from wasmxds.api.objects import ObjectKey
 from wasmxds.modules.types import Failed, Ready
-from wasmxds.reconcile import PluginStatus
+from wasmxds.reconcile import PluginStatus, Serving
 from wasmxds.sources.kube.status import ModuleState, PluginReport
 from wasmxds.xds.resources import PreparedResource
 from wasmxds.xds.server import Session
 from wasmxds.xds.snapshot import Snapshot
 from wasmxds.xds.types import ECDS
 
-__all__ = ["holders", "plugin_reports"]
+__all__ = ["INLINE_TOO_LARGE_ACTION", "holders", "plugin_reports"]
+
+# What to do about a fetched module that inline delivery cannot carry (nothing retries it).
+INLINE_TOO_LARGE_ACTION = (
+    "nothing retries this: raise --inline-max-size above the module's size, "
+    "or serve with --module-delivery local or remote"
+)
 
 
 def holders(resource: PreparedResource, sessions: Iterable[Session]) -> list[Session]:
@@ -41,7 +47,20 @@ def plugin_reports(
         served = snapshot.ecds.get(entry.plugin.resource_name)
         proxies = 0 if served is None else len(holders(served.active, sessions))
         outcome = entry.outcome
-        if isinstance(outcome, Ready):
+        last_good = entry.serving is Serving.LAST_GOOD
+        standin = entry.serving is Serving.STANDIN
+        if isinstance(outcome, Ready) and entry.unavailable:
+            # Fetched, but not servable as it is (too large for inline delivery, the
+            # only such case): no retry changes that, the user has to.
+            reports[key] = PluginReport(
+                ModuleState.UNAVAILABLE,
+                entry.unavailable,
+                proxies,
+                last_good=last_good,
+                standin=standin,
+                action=INLINE_TOO_LARGE_ACTION,
+            )
+        elif isinstance(outcome, Ready):
             stale = (
                 f"re-pull failed, serving the earlier copy: {outcome.stale}"
                 if outcome.stale
@@ -49,7 +68,15 @@ def plugin_reports(
             )
             reports[key] = PluginReport(ModuleState.FETCHED, stale, proxies)
         elif isinstance(outcome, Failed):
-            reports[key] = PluginReport(ModuleState.UNAVAILABLE, str(outcome.error), proxies)
+            reports[key] = PluginReport(
+                ModuleState.UNAVAILABLE,
+                str(outcome.error),
+                proxies,
+                last_good=last_good,
+                standin=standin,
+            )
         else:
-            reports[key] = PluginReport(ModuleState.PENDING, "", proxies)
+            reports[key] = PluginReport(
+                ModuleState.PENDING, "", proxies, last_good=last_good, standin=standin
+            )
     return reports

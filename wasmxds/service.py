@@ -1,18 +1,20 @@
 """Wire the stages together and supervise them (``wasmxds serve``).
 
-Every long-lived task is named and runs in one TaskGroup; a task that returns
-or fails takes the whole service down with a clear log line rather than
-leaving a half-working control plane. Shutdown has a fixed order: stop taking
-xDS streams and close the open ones within the grace period, then stop the
-sources, the debouncer, the module fetches and the admin server.
+:meth:`Service.open` reads what the cache directory kept (the module index and
+the last good versions) and builds one stage at a time, in the order data
+flows: modules, sources, xDS, reconcile, admin. :meth:`Service.run` starts each
+stage as a named task under a :class:`~wasmxds.supervisor.Supervisor`: a stage
+that returns or fails before stop takes the whole service down with a clear
+log line rather than leaving a half-working control plane. Shutdown has a
+fixed order: stop taking xDS streams and close the open ones within the grace
+period, then stop the sources, the debouncer, the module fetches and the admin
+server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Coroutine
-from typing import Any
 
 import structlog
 
@@ -21,14 +23,17 @@ from wasmxds.admin.views import Readiness
 from wasmxds.api.objects import ObjectKey
 from wasmxds.bootstrap import MODULES_CLUSTER
 from wasmxds.debounce import Debouncer
-from wasmxds.metrics import Metrics
+from wasmxds.last_good import LAST_GOOD_FILE, LastGoodFile
+from wasmxds.metrics import Metrics, StreamMetrics
 from wasmxds.modules.backoff import Backoff
-from wasmxds.modules.http import FetcherSettings, HttpFetcher
+from wasmxds.modules.http import HttpFetcher
 from wasmxds.modules.index import INDEX_FILE, ModuleIndex
 from wasmxds.modules.oci.fetcher import DEFAULT_OCI_SETTINGS, OciFetcher
 from wasmxds.modules.purge import CachePurger
 from wasmxds.modules.resolver import ModuleResolver
 from wasmxds.modules.secrets import PullSecrets
+from wasmxds.modules.settings import FetcherSettings
+from wasmxds.modules.slots import STALLED_PULL_SECONDS
 from wasmxds.modules.store import ModuleStore
 from wasmxds.modules.types import Module
 from wasmxds.reconcile import Reconciler
@@ -41,21 +46,13 @@ from wasmxds.sources.kube.status import PluginReport, StatusWriter
 from wasmxds.sources.kubernetes import KubernetesSource
 from wasmxds.sources.state import SourceState, TemplateState
 from wasmxds.sources.templates import TemplateSource
+from wasmxds.supervisor import Supervisor
 from wasmxds.translate.plugins import Delivery, InlineDelivery, LocalDelivery, RemoteDelivery
 from wasmxds.xds.server import TlsFiles, XdsServer
 
 __all__ = ["Service"]
 
 log = structlog.get_logger(__name__)
-
-
-class _Stopped(Exception):
-    """A long-lived task returned; that is a bug, not a shutdown."""
-
-
-async def _forever(name: str, coro: Coroutine[Any, Any, None]) -> None:
-    await coro
-    raise _Stopped(f"task {name} returned; long-lived tasks must run until cancelled")
 
 
 def _delivery(settings: ServeSettings) -> Delivery:
@@ -70,24 +67,50 @@ def _delivery(settings: ServeSettings) -> Delivery:
 
 
 class Service:
-    """All of wasmxds in one object; :meth:`run` until ``stop`` is set."""
+    """All of wasmxds in one object: :meth:`open` it, then :meth:`run` until ``stop`` is set."""
 
-    def __init__(self, settings: ServeSettings) -> None:
+    def __init__(
+        self, settings: ServeSettings, *, index: ModuleIndex, last_good: LastGoodFile
+    ) -> None:
+        """Build every stage from ``settings`` and what the cache kept; nothing runs yet."""
         self.settings = settings
         self.metrics = Metrics()
         self.module_arrived = Pulse()
+        self.xds_started = asyncio.Event()
+        self.admin_started = asyncio.Event()
         self.debouncer = Debouncer(
             after=settings.debounce_after, max_wait=settings.debounce_max, metrics=self.metrics
         )
+        self._build_modules(index)
+        self._build_sources()
+        self._build_xds()
+        self._build_reconcile(last_good)
+        self._build_admin()
+
+    @classmethod
+    async def open(cls, settings: ServeSettings) -> Service:
+        """Create the cache directory, read what it kept, and build the service."""
+        index, last_good = await asyncio.to_thread(_read_cache, settings)
+        log.info("modules.index_loaded", path=str(index.path), refs=len(index))
+        return cls(settings, index=index, last_good=last_good)
+
+    def _build_modules(self, index: ModuleIndex) -> None:
+        """Fetchers, the content-addressed store and its index, the resolver, the purger."""
+        settings = self.settings
+        self.index = index
         self.store = ModuleStore(settings.cache_dir)
         fetch_settings = FetcherSettings(
             max_size=settings.max_module_size,
             insecure_hosts=settings.insecure_registries,
             ca_file=settings.registry_ca,
+            connect_timeout=settings.fetch_connect_timeout,
+            read_timeout=settings.fetch_idle_timeout,
+            min_rate=settings.fetch_min_rate,
+            rate_window=settings.fetch_rate_window,
+            # Stalled pulls lend their slots: up to twice the limit may be connected.
+            max_connections=max(10, 2 * settings.max_parallel_pulls),
         )
-        self.http = HttpFetcher(settings=fetch_settings)
-        self.index = ModuleIndex.load(settings.cache_dir / INDEX_FILE)
-        log.info("modules.index_loaded", path=str(self.index.path), refs=len(self.index))
+        self.http = HttpFetcher(store=self.store, settings=fetch_settings)
         self.pull_secrets = PullSecrets()
         self.oci = OciFetcher(
             store=self.store,
@@ -101,6 +124,8 @@ class Service:
             index=self.index,
             pull_secrets=self.pull_secrets,
             max_parallel=settings.max_parallel_pulls,
+            max_per_host=settings.max_pulls_per_host,
+            lend_stalled_after=STALLED_PULL_SECONDS,
             on_fetched=self._fetched,
             metrics=self.metrics,
             on_change=self.debouncer.trigger,
@@ -114,28 +139,53 @@ class Service:
         self.purger = CachePurger(
             store=self.store,
             index=self.index,
-            in_use=self.resolver.in_use,
+            # Last good modules too, persisted ones included (before the first reconcile).
+            in_use=lambda: self.resolver.in_use() | self.reconciler.kept_modules(),
             expiry=settings.module_expiry,
             max_bytes=settings.cache_max_bytes,
         )
+
+    def _build_sources(self) -> None:
+        """Directories, the cluster (and its status writer), listener templates."""
+        settings = self.settings
         self.source = DirectorySource(settings.config_dirs, on_change=self.debouncer.trigger)
         if not settings.config_dirs:
             self.source.loaded.set()  # Kubernetes only: no directories to wait for
-        self._init_kubernetes(settings)
+        self.kube_client: KubeClient | None = None
+        self.kubernetes: KubernetesSource | None = None
+        self.status_writer: StatusWriter | None = None
+        if settings.kubernetes:
+            self.kube_client = KubeClient(ClientConfig(kubeconfig=settings.kubeconfig))
+            self.kubernetes = KubernetesSource(
+                self.kube_client, namespaces=settings.namespaces, on_change=self.debouncer.trigger
+            )
+            if settings.write_status:
+                self.status_writer = StatusWriter(
+                    self.kube_client, objects=self.kubernetes.observed, reports=self._plugin_reports
+                )
         self.templates = (
             TemplateSource(settings.listener_dirs, on_change=self.debouncer.trigger)
             if settings.listener_dirs
             else None
         )
+
+    def _build_xds(self) -> None:
+        settings = self.settings
         tls = None
         if settings.tls_cert is not None and settings.tls_key is not None:
             tls = TlsFiles(settings.tls_cert, settings.tls_key, settings.client_ca)
         self.xds = XdsServer(
             address=settings.xds_address,
             root_namespace=settings.root_namespace,
+            max_resource_names=settings.max_resource_names,
             tls=tls,
-            metrics=self.metrics,
+            events=StreamMetrics(self.metrics),
         )
+
+    def _build_reconcile(self, last_good: LastGoodFile) -> None:
+        """Sources and modules in, a snapshot for the xDS server out."""
+        settings = self.settings
+        self.last_good = last_good
         self.reconciler = Reconciler(
             # First source wins on duplicates: directories before the cluster.
             sources=[lambda: self.source.state, self._kubernetes_state],
@@ -149,7 +199,13 @@ class Service:
             initial_wait=settings.initial_fetch_wait,
             change_seen=lambda: self.debouncer.window_opened_at,
             metrics=self.metrics,
+            saved=self.last_good,
+            find_module=self.store.get,
+            sources_loaded=lambda: self.readiness().sources_loaded,
         )
+
+    def _build_admin(self) -> None:
+        """The admin server and the gauges it reads when scraped."""
         self.metrics.live_gauge(
             "wasmxds_module_cache_entries",
             "modules in the cache",
@@ -168,20 +224,19 @@ class Service:
             ("severity",),
             self._problem_counts,
         )
-        self.xds_started = asyncio.Event()
-        self.admin_started = asyncio.Event()
         self.admin = AdminServer(
-            address=settings.admin_address,
+            address=self.settings.admin_address,
             state=AdminState(
                 readiness=self.readiness,
                 sessions=lambda: self.xds.sessions,
                 snapshot=lambda: self.xds.snapshot,
                 plugins=lambda: self.reconciler.status,
                 problems=lambda: self.reconciler.problems,
-                delivery=settings.module_delivery.value,
+                delivery=self.settings.module_delivery.value,
                 store=self.store,
                 metrics=self.metrics,
                 module_arrived=self.module_arrived,
+                index=self.index,
             ),
         )
 
@@ -189,22 +244,6 @@ class Service:
         """Make sure a reconcile runs when the start-up wait for module fetches ends."""
         await asyncio.sleep(self.settings.initial_fetch_wait)
         self.debouncer.trigger()
-        await asyncio.Event().wait()  # nothing more to do; stay until shutdown
-
-    def _init_kubernetes(self, settings: ServeSettings) -> None:
-        self.kube_client: KubeClient | None = None
-        self.kubernetes: KubernetesSource | None = None
-        self.status_writer: StatusWriter | None = None
-        if not settings.kubernetes:
-            return
-        self.kube_client = KubeClient(ClientConfig(kubeconfig=settings.kubeconfig))
-        self.kubernetes = KubernetesSource(
-            self.kube_client, namespaces=settings.namespaces, on_change=self.debouncer.trigger
-        )
-        if settings.write_status:
-            self.status_writer = StatusWriter(
-                self.kube_client, objects=self.kubernetes.observed, reports=self._plugin_reports
-            )
 
     def _kubernetes_state(self) -> SourceState:
         return self.kubernetes.state if self.kubernetes is not None else SourceState()
@@ -214,6 +253,8 @@ class Service:
 
     async def _reconcile(self) -> None:
         await self.reconciler.reconcile()
+        # A fetch that failed lands no module: module downloads waiting for it look again.
+        self.module_arrived.fire()
         if self.status_writer is not None:
             self.status_writer.trigger()
 
@@ -241,44 +282,48 @@ class Service:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run every stage until ``stop`` is set, then shut down in order."""
-        self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
+        settings = self.settings
         try:
-            async with asyncio.TaskGroup() as group:
-                settings = self.settings
-                optional = [
-                    ("sources.directory", self.source.run() if settings.config_dirs else None),
-                    ("sources.kubernetes", self.kubernetes.run() if self.kubernetes else None),
-                    ("sources.templates", self.templates.run() if self.templates else None),
-                    ("kubernetes.status", self.status_writer.run() if self.status_writer else None),
-                    (
-                        "modules.repull",
-                        self.resolver.run_repull(settings.repull_interval)
-                        if settings.repull_interval is not None
-                        else None,
-                    ),
-                ]
-                stages = [
-                    ("modules.resolver", self.resolver.run()),
-                    ("modules.purge", self.purger.run()),
-                    ("debounce", self.debouncer.run(self._reconcile)),
-                    ("admin", self.admin.run(self.admin_started)),
-                    ("reconcile.first-push-deadline", self._first_push_deadline()),
-                    *((name, coro) for name, coro in optional if coro is not None),
-                ]
-                background = [
-                    group.create_task(_forever(name, coro), name=name) for name, coro in stages
-                ]
-                xds = group.create_task(_forever("xds", self.xds.run(self.xds_started)), name="xds")
+            async with Supervisor() as tasks:
+                tasks.start("modules.resolver", self.resolver.run())
+                tasks.start("modules.purge", self.purger.run())
+                tasks.start("debounce", self.debouncer.run(self._reconcile))
+                tasks.start("admin", self.admin.run(self.admin_started))
+                tasks.start(
+                    "reconcile.first-push-deadline", self._first_push_deadline(), may_end=True
+                )
+                if settings.config_dirs:
+                    tasks.start("sources.directory", self.source.run())
+                if self.kubernetes is not None:
+                    tasks.start("sources.kubernetes", self.kubernetes.run())
+                if self.templates is not None:
+                    tasks.start("sources.templates", self.templates.run())
+                if self.status_writer is not None:
+                    tasks.start("kubernetes.status", self.status_writer.run())
+                if settings.repull_interval is not None:
+                    tasks.start(
+                        "modules.repull", self.resolver.run_repull(settings.repull_interval)
+                    )
+                tasks.start("xds", self.xds.run(self.xds_started))
                 await stop.wait()
                 log.info("service.stopping")
+                tasks.begin_stop()
                 await self.xds.stop()
-                xds.cancel()
-                for task in background:
-                    task.cancel()
+                tasks.cancel("xds")
+                tasks.cancel()
         finally:
             await self.http.aclose()
             await self.oci.aclose()
             await self.index.flush()
+            await self.last_good.flush()
             if self.kube_client is not None:
                 await self.kube_client.aclose()
         log.info("service.stopped")
+
+
+def _read_cache(settings: ServeSettings) -> tuple[ModuleIndex, LastGoodFile]:
+    """The module index and the last good versions kept in the cache directory."""
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    index = ModuleIndex.load(settings.cache_dir / INDEX_FILE)
+    last_good = LastGoodFile.load(settings.cache_dir / LAST_GOOD_FILE)
+    return index, last_good

@@ -82,8 +82,9 @@ class WasmxdsProcess:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
+        # wait() rather than await: a cancelled reader must not swallow the
+        # cancellation of the task that is stopping us (it would hang teardown).
+        await asyncio.wait([self._reader])
         return self.proc.returncode or 0
 
 

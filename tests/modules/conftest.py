@@ -5,17 +5,24 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trustme
 from aiohttp import web
 
+from wasmxds.modules.http import HttpFetcher
+from wasmxds.modules.store import ModuleStore
+from wasmxds.modules.types import ModuleRequest
+
 # The smallest valid Wasm binary: magic number plus version 1, no sections.
 WASM = b"\0asm\x01\x00\x00\x00"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 class ModuleServer:
@@ -147,3 +154,44 @@ class Signal:
             while not predicate():
                 self._event.clear()
                 await self._event.wait()
+
+
+@pytest.fixture
+def module_store(tmp_path: Path) -> ModuleStore:
+    """An empty module store for fetchers to download into."""
+    return ModuleStore(tmp_path / "cache")
+
+
+async def fetch_bytes(fetcher: HttpFetcher, request: ModuleRequest) -> bytes:
+    """Fetch into the store and return the stored module's content."""
+    fetched = await fetcher.fetch(request)
+    return fetched.module.path.read_bytes()
+
+
+# Large enough that holding it (let alone twice) dwarfs the streaming buffers.
+BIG = 48 << 20
+
+
+def big_wasm() -> bytes:
+    """A BIG-byte module (built on demand: it is not small)."""
+    return b"\0asm\x01\x00\x00\x00" + bytes(BIG - 8)
+
+
+# Generous: a 1 MiB write slice, httpx's read buffers and the interpreter's noise.
+PEAK_BOUND = 12 << 20
+
+
+async def traced_peak(work: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    """Run ``work`` and return its result and the peak of Python allocations meanwhile."""
+    tracemalloc.start()
+    try:
+        result = await work()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
+def temporaries(store: ModuleStore) -> list[str]:
+    directory = store.root / "modules" / "sha256"
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".tmp-"))

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.modules.conftest import WASM, ModuleServer
+from tests.modules.conftest import WASM, ModuleServer, fetch_bytes
+from tests.modules.trickle import raw_servers
 from wasmxds import __version__
 from wasmxds.errors import (
     BlockedAddressError,
@@ -26,8 +27,10 @@ from wasmxds.errors import (
     SettingsError,
 )
 from wasmxds.modules.backoff import Backoff
-from wasmxds.modules.http import FetcherSettings, HttpFetcher
+from wasmxds.modules.http import HttpFetcher
+from wasmxds.modules.settings import FetcherSettings
 from wasmxds.modules.ssrf import AddressResolver
+from wasmxds.modules.store import ModuleStore
 from wasmxds.modules.types import ModuleRequest, redact_url
 
 LIMIT = 64 * 1024
@@ -43,13 +46,15 @@ MakeFetcher = Callable[..., HttpFetcher]
 
 
 @pytest.fixture
-async def make_fetcher() -> AsyncIterator[MakeFetcher]:
+async def make_fetcher(module_store: ModuleStore) -> AsyncIterator[MakeFetcher]:
     """Build fetchers from FAST with overrides; all are closed at teardown."""
     made: list[HttpFetcher] = []
 
     def make(*, address_resolver: AddressResolver | None = None, **overrides: Any) -> HttpFetcher:
         fetcher = HttpFetcher(
-            settings=dataclasses.replace(FAST, **overrides), address_resolver=address_resolver
+            store=module_store,
+            settings=dataclasses.replace(FAST, **overrides),
+            address_resolver=address_resolver,
         )
         made.append(fetcher)
         return fetcher
@@ -103,7 +108,7 @@ def request(url: str, sha256: str = "") -> ModuleRequest:
 async def test_plain_module_is_fetched(server: ModuleServer, make_fetcher: MakeFetcher) -> None:
     """A 200 with Wasm bytes returns them, and the request identifies wasmxds."""
     url = server.serve("/m.wasm")
-    assert await make_fetcher().fetch(request(url)) == WASM
+    assert await fetch_bytes(make_fetcher(), request(url)) == WASM
     sent = server.requests[0].headers
     assert sent["User-Agent"] == f"wasmxds/{__version__}"
     assert "gzip" in sent["Accept-Encoding"]
@@ -122,7 +127,7 @@ async def test_compressed_modules_are_unboxed(
 ) -> None:
     """gzip layers, including a gzip Content-Encoding, are peeled off before returning."""
     url = server.serve("/m", body, headers=headers)
-    assert await make_fetcher().fetch(request(url)) == WASM
+    assert await fetch_bytes(make_fetcher(), request(url)) == WASM
 
 
 async def test_tar_gz_module_is_unboxed(server: ModuleServer, make_fetcher: MakeFetcher) -> None:
@@ -130,7 +135,7 @@ async def test_tar_gz_module_is_unboxed(server: ModuleServer, make_fetcher: Make
     from tests.modules.test_unbox import make_tar
 
     url = server.serve("/plugin.tar.gz", gzip.compress(make_tar(("plugin.wasm", WASM))))
-    assert await make_fetcher().fetch(request(url)) == WASM
+    assert await fetch_bytes(make_fetcher(), request(url)) == WASM
 
 
 async def test_redirect_is_followed(server: ModuleServer, make_fetcher: MakeFetcher) -> None:
@@ -141,7 +146,7 @@ async def test_redirect_is_followed(server: ModuleServer, make_fetcher: MakeFetc
         raise web.HTTPFound(target)
 
     url = server.route("/latest", redirect)
-    assert await make_fetcher().fetch(request(url)) == WASM
+    assert await fetch_bytes(make_fetcher(), request(url)) == WASM
     assert (server.hits["/latest"], server.hits["/real.wasm"]) == (1, 1)
 
 
@@ -152,7 +157,7 @@ async def test_sha256_match_is_accepted(server: ModuleServer, make_fetcher: Make
     """The sha256 of the unboxed bytes is what is compared, case-insensitively."""
     url = server.serve("/m.wasm.gz", gzip.compress(WASM))
     digest = hashlib.sha256(WASM).hexdigest().upper()
-    assert await make_fetcher().fetch(request(url, digest)) == WASM
+    assert await fetch_bytes(make_fetcher(), request(url, digest)) == WASM
 
 
 async def test_sha256_mismatch_names_both_digests(
@@ -190,7 +195,7 @@ async def test_503_is_retried_until_success(
         return web.Response(body=WASM)
 
     url = server.route("/m.wasm", flaky)
-    assert await make_fetcher().fetch(request(url)) == WASM
+    assert await fetch_bytes(make_fetcher(), request(url)) == WASM
     assert server.hits["/m.wasm"] == 3
 
 
@@ -265,10 +270,11 @@ async def test_dropped_connections_are_retried(
     assert connections == 3
 
 
-async def test_read_timeout_is_retried_then_fails(
+async def test_read_timeout_fails_the_fetch_at_once_for_a_later_retry(
     server: ModuleServer, make_fetcher: MakeFetcher
 ) -> None:
-    """A body that stops flowing hits the read timeout on every try."""
+    """A body that stops flowing fails at its first read timeout, retryable later: retrying
+    at once would hold the download slot for tries x the idle timeout."""
 
     async def stalls(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
@@ -279,9 +285,11 @@ async def test_read_timeout_is_retried_then_fails(
         return response
 
     url = server.route("/m.wasm", stalls)
-    with pytest.raises(FetchError, match="read timeout"):
-        await make_fetcher(tries=2, read_timeout=0.2).fetch(request(url))
-    assert server.hits["/m.wasm"] == 2
+    with pytest.raises(FetchError, match="read timeout") as caught:
+        await make_fetcher(tries=3, read_timeout=0.2).fetch(request(url))
+    assert server.hits["/m.wasm"] == 1
+    assert caught.value.retryable
+    assert "--fetch-idle-timeout" in str(caught.value)
 
 
 async def test_total_timeout_bounds_the_whole_fetch(
@@ -437,7 +445,7 @@ async def test_https_with_ca_file(
 ) -> None:
     """A server signed by a private CA is trusted once that CA is given as ca_file."""
     url = tls_server.serve("/m.wasm")
-    assert await make_fetcher(ca_file=ca_file).fetch(request(url)) == WASM
+    assert await fetch_bytes(make_fetcher(ca_file=ca_file), request(url)) == WASM
 
 
 async def test_https_untrusted_certificate_fails_clearly(
@@ -459,7 +467,7 @@ async def test_insecure_hosts_skip_verification(
     """host:port, host (any port) and * all disable TLS verification for that server."""
     url = tls_server.serve("/m.wasm")
     insecure = frozenset({entry.format(port=tls_server.port)})
-    assert await make_fetcher(insecure_hosts=insecure).fetch(request(url)) == WASM
+    assert await fetch_bytes(make_fetcher(insecure_hosts=insecure), request(url)) == WASM
 
 
 async def test_insecure_hosts_do_not_leak_to_other_hosts(
@@ -488,14 +496,22 @@ async def test_malformed_urls_are_fetch_errors(
         await make_fetcher(tries=1).fetch(request(url))
 
 
-def test_bad_settings_are_reported() -> None:
+def test_bad_settings_are_reported(module_store: ModuleStore) -> None:
     """A malformed insecure host or an unreadable CA file is a SettingsError naming it."""
     with pytest.raises(SettingsError, match="host:port:x"):
-        HttpFetcher(settings=FetcherSettings(insecure_hosts=frozenset({"host:port:x"})))
+        HttpFetcher(
+            store=module_store, settings=FetcherSettings(insecure_hosts=frozenset({"host:port:x"}))
+        )
     with pytest.raises(SettingsError, match="registry:http"):
-        HttpFetcher(settings=FetcherSettings(insecure_hosts=frozenset({"registry:http"})))
+        HttpFetcher(
+            store=module_store,
+            settings=FetcherSettings(insecure_hosts=frozenset({"registry:http"})),
+        )
     with pytest.raises(SettingsError, match=r"missing-ca\.pem"):
-        HttpFetcher(settings=FetcherSettings(ca_file=Path("/nonexistent/missing-ca.pem")))
+        HttpFetcher(
+            store=module_store,
+            settings=FetcherSettings(ca_file=Path("/nonexistent/missing-ca.pem")),
+        )
 
 
 # ------------------------------------------------------------------ credentials
@@ -556,3 +572,22 @@ async def test_credentials_never_appear_in_errors(
 def test_redact_url_hides_userinfo_and_query_values(url: str, shown: str) -> None:
     """Credentials in userinfo or in a signed URL's query never reach logs or errors."""
     assert redact_url(url) == shown
+
+
+async def test_a_stalled_tls_handshake_fails_once_within_the_connect_timeout(
+    make_fetcher: MakeFetcher,
+) -> None:
+    """A host that accepts and never answers the ClientHello fails after one connect timeout,
+    retryable later, instead of holding the download slot for every try."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(4096)  # the ClientHello, never answered
+        await reader.read()  # until the client gives up and hangs up
+
+    async with raw_servers() as servers:
+        port = await servers.start(silent)
+        fetcher = make_fetcher(tries=3, connect_timeout=0.3)
+        with pytest.raises(FetchError, match="connecting timed out") as caught:
+            await fetcher.fetch(request(f"https://127.0.0.1:{port}/m.wasm"))
+        assert servers.connections[port] == 1
+    assert caught.value.retryable

@@ -19,8 +19,9 @@ from wasmxds.errors import (
     UnsupportedSchemeError,
 )
 from wasmxds.modules.backoff import Backoff
-from wasmxds.modules.http import FetcherSettings, HttpFetcher
+from wasmxds.modules.http import HttpFetcher
 from wasmxds.modules.resolver import Fetcher, ModuleResolver
+from wasmxds.modules.settings import FetcherSettings
 from wasmxds.modules.store import ModuleStore
 from wasmxds.modules.types import (
     Failed,
@@ -47,9 +48,9 @@ def store(tmp_path: Path) -> ModuleStore:
 
 
 @pytest.fixture
-async def http_fetcher() -> AsyncIterator[HttpFetcher]:
+async def http_fetcher(store: ModuleStore) -> AsyncIterator[HttpFetcher]:
     settings = FetcherSettings(tries=1, backoff=Backoff(initial=0.001, max=0.001))
-    async with HttpFetcher(settings=settings) as fetcher:
+    async with HttpFetcher(store=store, settings=settings) as fetcher:
         yield fetcher
 
 

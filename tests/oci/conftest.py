@@ -10,9 +10,9 @@ import trustme
 
 from e2e.harness.images import OrasPusher
 from e2e.harness.registry import Registry, TokenService, running_registry, token_service
-from wasmxds.modules.http import FetcherSettings
 from wasmxds.modules.index import ModuleIndex
 from wasmxds.modules.oci.fetcher import OciFetcher
+from wasmxds.modules.settings import FetcherSettings
 from wasmxds.modules.store import ModuleStore
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,6 +6,8 @@ import gzip
 import io
 import json
 import tarfile
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -41,12 +43,17 @@ async def extract(image: Image, max_size: int = MAX) -> tuple[bytes, Layout]:
     assert isinstance(manifest, ImageManifest)
     reads: list[str] = []
 
-    async def read_blob(layer: Descriptor) -> bytes:
-        reads.append(layer.digest)
-        return image.blobs[layer.digest]
+    with tempfile.TemporaryDirectory() as spool:
 
-    extracted = await extract_module(manifest, read_blob, max_size=max_size)
-    return extracted.data, extracted.layout
+        async def read_blob(layer: Descriptor) -> Path:
+            reads.append(layer.digest)
+            path = Path(spool) / f"{len(reads)}.blob"
+            path.write_bytes(image.blobs[layer.digest])
+            return path
+
+        extracted = await extract_module(manifest, read_blob, max_size=max_size)
+        data = extracted.path.read_bytes() if extracted.path is not None else extracted.data
+    return data, extracted.layout
 
 
 @pytest.mark.parametrize(

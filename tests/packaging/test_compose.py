@@ -71,7 +71,7 @@ def test_compose_wasmxds_commands_are_accepted(capsys: pytest.CaptureFixture[str
     serve = parse_cli("serve", serve_service["command"][1:])
     (config_dir,) = serve.config_dir
     plugins = _host_path(serve_service, str(config_dir))
-    assert plugins == REPO / "examples" / "compose" / "plugins"
+    assert plugins == REPO / "compose" / "plugins"
     assert main(["validate", str(plugins)]) == 0, capsys.readouterr().out
     serve.config_dir = [plugins]
     settings_from_args(serve)  # the flags make sense together, not only one by one

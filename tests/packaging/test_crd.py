@@ -84,7 +84,7 @@ def _errors(plugin: dict[str, Any]) -> list[jsonschema.ValidationError]:
 
 VALID = [
     (REPO / "examples" / "plugins" / "header-filter.yaml", "header-filter"),
-    (REPO / "examples" / "compose" / "plugins" / "header-filter.yaml", "header-filter"),
+    (REPO / "compose" / "plugins" / "header-filter.yaml", "header-filter"),
     (DEPLOY / "example" / "wasmplugin.yaml", "header-filter"),
     (API_DATA / "header-append.yaml", "header-append"),
     (API_DATA / "openid-connect-file.yaml", "openid-connect"),

@@ -32,6 +32,13 @@ def test_conditions():
     cases = [
         (PluginReport(ModuleState.FETCHED, proxies=2), "True", "ModuleFetched", "2 proxies"),
         (PluginReport(ModuleState.UNAVAILABLE, "HTTP 404", 1), "False", "ModuleUnavailable", "404"),
+        (PluginReport(ModuleState.UNAVAILABLE, "HTTP 404", 1), "False", "ModuleUnavailable",
+         "1 proxy gets the failStrategy stand-in"),
+        (PluginReport(ModuleState.UNAVAILABLE, "HTTP 404", 2, last_good=True), "False",
+         "ModuleUnavailable", "2 proxies keep running the last good version"),
+        (PluginReport(ModuleState.PENDING, proxies=1, last_good=True), "Unknown", "Pending",
+         "1 proxy runs the previous version"),
+        (PluginReport(ModuleState.PENDING), "Unknown", "Pending", "not served until"),
         (PluginReport(ModuleState.PENDING), "Unknown", "Pending", "fetching"),
         (None, "Unknown", "Pending", "not reconciled"),
     ]  # fmt: skip
@@ -43,6 +50,28 @@ def test_conditions():
         assert condition["observedGeneration"] == 3
         assert condition["type"] == "Ready"
         assert patch["status"]["proxies"] == (report.proxies if report else 0)
+
+
+def test_condition_says_what_proxies_get_while_pending_or_stuck():
+    """Pending with a stand-in says so; a module nothing retries says what to do instead."""
+    observed = ObservedObject(KEY, generation=1)
+    standin = PluginReport(ModuleState.PENDING, proxies=2, standin=True)
+    message = condition_of(desired_status(observed, standin)[0])["message"]
+    assert message == (
+        "fetching the module; 2 proxies get the failStrategy stand-in until it is fetched"
+    )
+    stuck = PluginReport(
+        ModuleState.UNAVAILABLE, "too large", 1, last_good=True, action="raise --inline-max-size"
+    )
+    message = condition_of(desired_status(observed, stuck)[0])["message"]
+    assert message == (
+        "module unavailable: too large; 1 proxy keeps running the last good version"
+        " (module and config); raise --inline-max-size"
+    )
+    assert "retried" not in message
+    retried = PluginReport(ModuleState.UNAVAILABLE, "HTTP 404", 1)
+    message = condition_of(desired_status(observed, retried)[0])["message"]
+    assert message.endswith("1 proxy gets the failStrategy stand-in while the fetch is retried")
 
 
 def test_invalid_condition():

@@ -398,3 +398,55 @@ async def test_rotated_token_reloaded(fake, tmp_path, monkeypatch):
         fake.apply(plugin("one", "v2"))
         await running.until(lambda s: value_of(s) == "v2")
         assert any(not r.authorized for r in fake.requests)
+
+
+async def test_object_past_the_input_limits_keeps_last_good(fake, tmp_path):
+    """A plugin edited past the value limit is logged as invalid; its last version stays."""
+    fake.apply(plugin("one", "v1"))
+    async with running_source(fake, tmp_path) as running:
+        await running.watching(1)
+        huge = plugin("one", "v2")
+        huge["spec"]["pluginConfig"]["rules"] = [0] * 300_000
+        with capture_logs() as logs:
+            fake.apply(huge)
+            state = await running.until(lambda s: bool(s.problems))
+        assert value_of(state) == "v1"
+        error, note = state.problems
+        assert error.path == "kubernetes:default/one"
+        assert error.message.startswith("the object expands to more than 250000 values")
+        assert "keeping the last valid version of WasmPlugin default/one" in note.message
+        logged = [e for e in logs if e["event"] == "kubernetes.invalid_object"]
+        assert any("more than 250000 values" in e["message"] for e in logged), logs
+        assert running.source.observed()[KEY].problems
+
+
+async def test_large_object_is_validated_off_the_event_loop(fake, tmp_path):
+    """A 1.7 MB WasmPlugin within the limits is checked in a thread: the loop keeps ticking."""
+    items = [{"name": f"item{i}", "weight": i, "tags": ["a", "b"]} for i in range(30_000)]
+    async with running_source(fake, tmp_path) as running:
+        await running.watching(1)
+        big = plugin("one", "big")
+        big["spec"]["pluginConfig"]["items"] = items
+        worst = 0.0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal worst
+            loop = asyncio.get_running_loop()
+            while not stop.is_set():
+                before = loop.time()
+                await asyncio.sleep(0.005)
+                worst = max(worst, loop.time() - before - 0.005)
+
+        ticking = asyncio.create_task(ticker())
+        started = asyncio.get_running_loop().time()
+        fake.apply(big)
+        state = await running.until(lambda s: value_of(s) == "big", timeout=60)
+        took = asyncio.get_running_loop().time() - started
+        stop.set()
+        await ticking
+        print(
+            f"1.7 MB plugin served after {took:.2f} s; worst event-loop stall {worst * 1000:.0f} ms"
+        )
+        assert not state.problems
+        assert worst < 0.5, "the event loop stalled while the object was validated"

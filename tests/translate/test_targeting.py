@@ -7,8 +7,8 @@ from envoy.config.core.v3 import base_pb2
 from google.protobuf import struct_pb2
 
 from tests.factories import make_node, make_plugin
-from wasmxds.translate.node import node_info_from_metadata, node_info_from_proto
 from wasmxds.translate.targeting import GATEWAY_NAME_LABEL, applies_to
+from wasmxds.xds.node import node_info_from_metadata, node_info_from_proto
 
 ROOT = "istio-system"
 GW = "gateway.networking.k8s.io"

@@ -9,10 +9,12 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
 from wasmxds.api.objects import WasmPlugin
+from wasmxds.api.templates import Templates
 from wasmxds.modules.types import Failed, Module, Ready
 from wasmxds.translate.plugins import LocalDelivery, plugin_resources
+from wasmxds.translate.snapshot import build_snapshot
 from wasmxds.translate.typeurls import TYPED_EXTENSION_CONFIG as ECDS
-from wasmxds.xds.snapshot import Snapshot, build_snapshot
+from wasmxds.xds.snapshot import Snapshot
 from wasmxds.xds.sotw import SotwStream
 
 ROOT = "istio-system"
@@ -29,6 +31,8 @@ def snapshot_of(
     previous: Snapshot | None = None,
     pending: tuple[str, ...] = (),
     failed: dict[str, Failed] | None = None,
+    templates: Templates | None = None,
+    changed_at: float | None = None,
 ) -> Snapshot:
     failed = failed or {}
     resources = [
@@ -40,7 +44,13 @@ def snapshot_of(
         )
         for plugin in plugins
     ]
-    return build_snapshot(resources, pending=pending, previous=previous or Snapshot.empty(ROOT))
+    return build_snapshot(
+        resources,
+        pending=pending,
+        previous=previous or Snapshot.empty(ROOT),
+        templates=templates,
+        changed_at=changed_at,
+    )
 
 
 def request(

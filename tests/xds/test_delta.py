@@ -14,8 +14,8 @@ from tests.xds.helpers import snapshot_of
 from tests.xds.test_snapshot_listeners import listener_snapshot
 from wasmxds.translate.typeurls import HTTP_WASM
 from wasmxds.xds.delta import DeltaStream
-from wasmxds.xds.protocol import ProtocolError, Verdict
 from wasmxds.xds.snapshot import Snapshot
+from wasmxds.xds.stream import ProtocolError, Verdict
 from wasmxds.xds.types import ECDS, LISTENER
 
 A = make_plugin("a")

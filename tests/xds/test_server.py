@@ -48,8 +48,8 @@ class Client:
 
 
 @contextlib.asynccontextmanager
-async def serving() -> AsyncIterator[tuple[XdsServer, grpc.aio.Channel]]:
-    server = XdsServer(address=HostPort("127.0.0.1", 0), root_namespace=ROOT, grace=0.5)
+async def serving(**options: Any) -> AsyncIterator[tuple[XdsServer, grpc.aio.Channel]]:
+    server = XdsServer(address=HostPort("127.0.0.1", 0), root_namespace=ROOT, grace=0.5, **options)
     started = asyncio.Event()
     task = asyncio.create_task(server.run(started))
     await started.wait()
@@ -142,8 +142,10 @@ async def test_requests_above_four_mib_are_accepted():
     async with serving() as (server, channel):
         server.publish(snapshot_of(make_plugin("a")))
         client = Client(channel)
-        padding = [f"default.unknown-{i:07d}-{'x' * 40}" for i in range(100_000)]
-        big = request("default.a", *padding)
+        # Names are bounded per stream (--max-resource-names); node metadata is not.
+        client.node.metadata.update({"padding": "x" * (5 << 20)})
+        big = request("default.a")
+        big.node.CopyFrom(client.node)
         assert big.ByteSize() > 4 << 20
         await client.send(big)
         assert names_in(await client.receive()) == ["default.a"]

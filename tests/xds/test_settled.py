@@ -21,6 +21,7 @@ from tests.xds.test_delta import req, respond
 from tests.xds.test_server import Client, serving
 from tests.xds.test_snapshot_listeners import listener_snapshot
 from wasmxds.xds.delta import DeltaStream
+from wasmxds.xds.resources import ResponseKey
 from wasmxds.xds.snapshot import Snapshot
 from wasmxds.xds.sotw import SotwStream
 from wasmxds.xds.types import ECDS, LISTENER
@@ -130,7 +131,7 @@ class _SotwReference(SotwStream):
             state.settled_on = None
         return super().next_response(type_url, snapshot)
 
-    def _shared_key(self, state: Any) -> object | None:
+    def _shared_key(self, state: Any) -> ResponseKey | None:
         return None
 
 
@@ -142,7 +143,7 @@ class _DeltaReference(DeltaStream):
             state.settled_on = None
         return super().next_response(type_url, snapshot)
 
-    def _shared_key(self, state: Any) -> object | None:
+    def _shared_key(self, state: Any) -> ResponseKey | None:
         return None
 
 
@@ -252,7 +253,8 @@ def test_streams_of_a_class_share_one_computed_response():
     for stream in streams:
         stream.handle(request("default.a", "default.b"))
     payloads = [stream.next_response(ECDS, snap) for stream in streams]
-    assert len(snap.sotw_responses) == 1
+    assert snap.memoized_classes == 1
+    assert snap.shared_responses(streams[0].node) == 1
     parsed = [_sotw(p) for p in payloads]
     assert len({(r.version_info, r.SerializeToString().count(b"default.a")) for r in parsed}) == 1
     assert [r.nonce for r in parsed] == ["1", "1", "1"]  # nonces are per stream

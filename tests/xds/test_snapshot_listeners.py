@@ -11,7 +11,8 @@ from tests.translate.test_listeners import ROUTER, http_template
 from tests.xds.helpers import snapshot_of
 from wasmxds.api.objects import Origin
 from wasmxds.api.templates import ClusterTemplate, NodeSelector, Templates
-from wasmxds.xds.snapshot import ListenerTag, Snapshot
+from wasmxds.xds.resources import ListenerTag
+from wasmxds.xds.snapshot import Snapshot
 from wasmxds.xds.types import CLUSTER, LISTENER
 
 TEMPLATES = Templates(
@@ -31,13 +32,8 @@ TEMPLATES = Templates(
 def listener_snapshot(
     *plugins: Any, with_template: bool = True, previous: Snapshot | None = None
 ) -> Snapshot:
-    base = previous or snapshot_of()
     templates = TEMPLATES if with_template else Templates()
-    seeded = Snapshot(
-        ecds=base.ecds, pending=base.pending, root_namespace=base.root_namespace,
-        sequence=base.sequence, templates=templates,
-    )  # fmt: skip
-    return snapshot_of(*plugins, previous=seeded)
+    return snapshot_of(*plugins, previous=previous, templates=templates)
 
 
 def test_nodes_of_a_class_share_listener_objects():

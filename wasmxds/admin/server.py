@@ -13,22 +13,27 @@
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from wasmxds.admin.views import Readiness, config_dump, plugins_view, syncz
 from wasmxds.api.objects import ObjectKey, Problem
 from wasmxds.metrics import Metrics
-from wasmxds.modules.store import ModuleStore
-from wasmxds.modules.types import Module
+from wasmxds.modules.index import ModuleIndex
+from wasmxds.modules.store import ModuleStore, is_digest
+from wasmxds.modules.types import Module, ModuleRequest, Pending
 from wasmxds.reconcile import PluginStatus
 from wasmxds.settings import HostPort
-from wasmxds.translate.node import node_info_from_metadata
+from wasmxds.xds.node import node_info_from_metadata
 from wasmxds.xds.server import Session
 from wasmxds.xds.snapshot import Snapshot
 
@@ -36,10 +41,156 @@ __all__ = ["AdminServer", "AdminState", "Pulse"]
 
 log = structlog.get_logger(__name__)
 
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
-# How long a module download waits for a fetch still under way (Envoy's own
-# http_uri timeout for remote modules is 30 s).
+# Seconds a stop waits for admin requests still being answered.
+_SHUTDOWN_GRACE = 1.0
+
+# How long a module download waits for a fetch under way that is known to
+# produce its digest (Envoy's own http_uri timeout for remote modules is 30 s).
 _MODULE_WAIT = 20.0
+# A digest nothing here names may still come from a fetch whose result is not
+# known yet (an unpinned URL, an OCI tag never pulled here, or before the first
+# reconcile): behind a Service another replica may have fetched it first. Such
+# requests wait briefly, and only this many at once; the rest are a 404 at once,
+# so no client can tie up connections by asking for made-up digests.
+_UNKNOWN_WAIT = 5.0
+_UNKNOWN_WAITERS = 64
+# What fetches under way may produce is worked out again on every pulse, and
+# otherwise at most this often, however many requests ask.
+_EXPECTATION_MAX_AGE = 1.0
+# A client decides what a refused request's reason says: at most this many
+# admin.bad_request lines per window, then one line counting the rest.
+_BAD_REQUEST_LINES = 20
+_BAD_REQUEST_WINDOW = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Expectation:
+    """Which module digests the fetches under way here can bring."""
+
+    digests: frozenset[str]
+    """Digests a fetch under way is known to produce (pinned, or resolved before)."""
+    open: bool
+    """Some fetch under way (or the first reconcile) may produce a digest not known yet."""
+
+
+def _expectation(
+    plugins: Iterable[PluginStatus], index: ModuleIndex | None, first_push: bool
+) -> _Expectation:
+    if not first_push:
+        return _Expectation(frozenset(), open=True)  # what plugins want is not known yet
+    digests: set[str] = set()
+    open_ = False
+    for status in plugins:
+        if not isinstance(status.outcome, Pending):
+            continue  # only a first fetch still under way can land a new digest
+        known, exact = _digests_of(status.request, index)
+        digests |= known
+        open_ = open_ or not exact
+    return _Expectation(frozenset(digests), open_)
+
+
+def _digests_of(request: ModuleRequest, index: ModuleIndex | None) -> tuple[set[str], bool]:
+    """The module digests fetching ``request`` may store, and whether that is all of them."""
+    try:
+        scheme = request.scheme
+    except ValueError:
+        return set(), True  # a malformed URL fails at once; nothing to wait for
+    if scheme not in ("http", "https", "oci"):
+        return set(), True  # file:// is a path on the proxy, never stored here
+    pinned = request.sha256.strip().lower()
+    if scheme != "oci" and is_digest(pinned):
+        return {pinned}, True  # the module's own digest: this one or a failed fetch
+    known: set[str] = set()
+    exact = False
+    if index is not None:
+        secret = "" if request.pull_secret is None else str(request.pull_secret)
+        ref = index.ref(request.url, request.sha256, secret)
+        if ref is not None:
+            known.add(ref.digest)  # what this URL resolved to before (a tag may have moved)
+        # OCI: sha256 (Istio's meaning) or the URL's @sha256: name the manifest,
+        # and a manifest seen before names its module for good.
+        for manifest in (pinned, _url_pin(request.url)):
+            if is_digest(manifest) and (module := index.manifest_module(manifest)) is not None:
+                known.add(module)
+                exact = True
+    if is_digest(pinned):
+        known.add(pinned)  # an OCI sha256 may also be the module's own digest
+    return known, exact
+
+
+def _url_pin(url: str) -> str:
+    """The digest an ``oci://…@sha256:<hex>`` URL pins, or ""."""
+    _, sep, digest = url.rpartition("@sha256:")
+    return digest.lower() if sep and url.startswith("oci://") else ""
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """``text`` on one line, cut to ``limit``: runs of whitespace (newlines too) become one
+    space, and any other control character is escaped as repr does (``\\x1b``)."""
+    words = text.split()
+    return " ".join(
+        "".join(c if c.isprintable() else repr(c)[1:-1] for c in word) for word in words
+    )[:limit]
+
+
+class _HttpLog(logging.Logger):
+    """aiohttp's own server log, turned into this process's structured events.
+
+    Left to stdlib logging, a malformed request (a request line past aiohttp's
+    8190-byte limit, say) printed a raw traceback beside the JSON log: any
+    client could fill the log. A refused request is now one warning line, its
+    reason escaped so that it stays one line in the text log, and at most
+    ``_BAD_REQUEST_LINES`` of them per ``_BAD_REQUEST_WINDOW`` seconds (then one
+    line counting those left out). A real failure keeps its traceback, inside
+    the structured event.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("wasmxds.admin.http")
+        self._window_start = -math.inf
+        self._logged = 0
+        self._suppressed = 0
+
+    def handle(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            self._bad_request(exc, record)
+        elif record.levelno >= logging.ERROR:
+            log.error("admin.request_failed", message=record.getMessage(), exc_info=record.exc_info)
+        elif record.levelno >= logging.WARNING:
+            log.warning("admin.http", message=_printable(record.getMessage(), 1000))
+
+    def _bad_request(self, exc: HttpProcessingError, record: logging.LogRecord) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= _BAD_REQUEST_WINDOW:
+            self._flush()
+            self._window_start, self._logged = now, 0
+        if self._logged >= _BAD_REQUEST_LINES:
+            if not self._suppressed:
+                # No later request may come to close the window: say it when it ends.
+                with contextlib.suppress(RuntimeError):
+                    asyncio.get_running_loop().call_later(
+                        self._window_start + _BAD_REQUEST_WINDOW - now, self._flush
+                    )
+            self._suppressed += 1
+            return
+        self._logged += 1
+        log.warning(
+            "admin.bad_request",
+            status=exc.code,
+            reason=_printable(exc.message or type(exc).__name__),
+            remote=str(record.args[0]) if isinstance(record.args, tuple) else None,
+        )
+
+    def _flush(self) -> None:
+        if self._suppressed:
+            log.warning(
+                "admin.bad_requests_not_logged",
+                count=self._suppressed,
+                window_seconds=_BAD_REQUEST_WINDOW,
+                reason=f"more than {_BAD_REQUEST_LINES} refused requests in the window",
+            )
+            self._suppressed = 0
 
 
 class Pulse:
@@ -47,8 +198,11 @@ class Pulse:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.fired = 0
+        """How many times it has fired: who caches what it guards compares this."""
 
     def fire(self) -> None:
+        self.fired += 1
         self._event.set()
         self._event = asyncio.Event()
 
@@ -69,7 +223,10 @@ class AdminState:
     store: ModuleStore
     metrics: Metrics
     module_arrived: Pulse
-    """Fires whenever a module lands in the store (see ``_module``)."""
+    """Fires whenever a module lands in the store, and after every reconcile (a
+    fetch may have failed): module downloads waiting for a fetch look again."""
+    index: ModuleIndex | None = None
+    """What each URL and OCI manifest resolved to before, to know what a fetch brings."""
 
 
 class AdminServer:
@@ -77,6 +234,8 @@ class AdminServer:
         self._address = address
         self._state = state
         self.port: int | None = None
+        self._expectation: tuple[int, float, _Expectation] | None = None
+        self._unknown_waiters = 0
         self.app = web.Application()
         routes = self.app.router
         routes.add_get("/healthz", self._healthz)
@@ -144,8 +303,8 @@ class AdminServer:
 
     async def _module(self, request: web.Request) -> web.StreamResponse:
         digest = request.match_info["digest"]
-        if not _DIGEST.match(digest):
-            raise web.HTTPNotFound(text="not a sha256 digest\n")
+        if not is_digest(digest):
+            raise web.HTTPNotFound(text="not a sha256 digest (64 lowercase hex characters)\n")
         module = self._state.store.get(digest)
         if module is None:
             # Behind a Service, a proxy can ask this replica for a module another
@@ -155,18 +314,63 @@ class AdminServer:
             raise web.HTTPNotFound(text=f"module {digest} is not in the cache\n")
         return web.FileResponse(module.path, headers={"Content-Type": "application/wasm"})
 
+    def _expected(self) -> _Expectation:
+        """What fetches under way may bring; cached until the next pulse (or a second)."""
+        state = self._state
+        now = time.monotonic()
+        cached = self._expectation
+        if (
+            cached is None
+            or cached[0] != state.module_arrived.fired
+            or now - cached[1] > _EXPECTATION_MAX_AGE
+        ):
+            expectation = _expectation(
+                state.plugins().values(), state.index, state.readiness().first_push
+            )
+            self._expectation = cached = (state.module_arrived.fired, now, expectation)
+        return cached[2]
+
     async def _await_module(self, digest: str) -> Module | None:
-        store = self._state.store
+        """The module once a fetch under way here lands it, or None at once if none may.
+
+        A digest a fetch is known to bring waits up to ``_MODULE_WAIT``; one that
+        only an open-ended fetch might bring waits ``_UNKNOWN_WAIT``, and only
+        ``_UNKNOWN_WAITERS`` such requests at a time. Waiters wake on the pulse
+        (a module landed, or a reconcile saw a fetch end) and let go as soon as
+        nothing under way can bring their digest.
+        """
+        state = self._state
+        expected = self._expected()
+        if digest in expected.digests:
+            wait, unknown = _MODULE_WAIT, False
+        elif expected.open and self._unknown_waiters < _UNKNOWN_WAITERS:
+            wait, unknown = _UNKNOWN_WAIT, True
+        else:
+            return None
+        self._unknown_waiters += unknown
         try:
-            async with asyncio.timeout(_MODULE_WAIT):
-                while (module := store.get(digest)) is None:
-                    await self._state.module_arrived.wait()
+            async with asyncio.timeout(wait):
+                while (module := state.store.get(digest)) is None:
+                    await state.module_arrived.wait()
+                    expected = self._expected()
+                    if digest not in expected.digests and not expected.open:
+                        return None
         except TimeoutError:
             return None
+        finally:
+            self._unknown_waiters -= unknown
         return module
 
     async def run(self, started: asyncio.Event | None = None) -> None:
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # A stop must not wait for module downloads that are still waiting for a
+        # fetch (up to 20 s each): give handlers a moment, then close.
+        runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            logger=_HttpLog(),
+            shutdown_timeout=_SHUTDOWN_GRACE,
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, self._address.host, self._address.port)

@@ -17,10 +17,10 @@ from google.protobuf import json_format
 from wasmxds.api.objects import ObjectKey
 from wasmxds.api.proto import wasm_pb2
 from wasmxds.modules.types import Failed, LocalFile, Module, Pending, Ready
-from wasmxds.reconcile import PluginStatus
-from wasmxds.reports import holders
-from wasmxds.translate.node import NodeInfo
+from wasmxds.reconcile import PluginStatus, Serving, module_request
+from wasmxds.reports import INLINE_TOO_LARGE_ACTION, holders
 from wasmxds.xds.delta import DeltaTypeState
+from wasmxds.xds.node import NodeInfo
 from wasmxds.xds.resources import PreparedResource
 from wasmxds.xds.server import Session
 from wasmxds.xds.snapshot import Snapshot
@@ -130,7 +130,14 @@ def plugins_view(
     sessions: Sequence[Session],
     delivery: str,
 ) -> list[dict[str, Any]]:
-    """Per WasmPlugin: origin, module and fetch state, what is served and which proxies run it."""
+    """Per WasmPlugin: origin, module and fetch state, what is served and which proxies run it.
+
+    ``served`` is "filter", "stand-in", "not yet", or "last_good" when proxies keep
+    an earlier version (described by ``last_good``) because this one's module is
+    pending or failed (``module.state`` and ``module.error`` say which and why),
+    or was fetched but cannot be delivered (``last_good.reason``). ``action`` says
+    what to do about a module nothing retries (too large for inline delivery).
+    """
     out = []
     for key, status in sorted(statuses.items()):
         plugin, spec = status.plugin, status.plugin.spec
@@ -146,6 +153,20 @@ def plugins_view(
         passthrough = isinstance(status.outcome, Ready) and isinstance(
             status.outcome.module, LocalFile
         )
+        last_good = None
+        if status.serving is Serving.LAST_GOOD and served is not None:
+            # The earlier version proxies keep running while this one's module is not good.
+            module = status.served_module
+            last_good = {
+                "url": module_request(served.plugin).display_url,
+                "digest": module.digest if module is not None else None,
+                "size": module.size if module is not None else None,
+                # Why this version is not served (empty while its module is pending).
+                "reason": status.unavailable,
+            }
+            served_label = Serving.LAST_GOOD.value
+        else:
+            served_label = "stand-in" if standin else ("filter" if entry else "not yet")
         out.append(
             {
                 "name": str(key),
@@ -158,8 +179,14 @@ def plugins_view(
                 "fail_strategy": wasm_pb2.FailStrategy.Name(spec.fail_strategy),
                 "module": _module_view(status),
                 "delivery": "file" if passthrough else delivery,
-                "served": "stand-in" if standin else ("filter" if entry else "not yet"),
+                "served": served_label,
                 "standin": standin,
+                "last_good": last_good,
+                "action": (
+                    INLINE_TOO_LARGE_ACTION
+                    if isinstance(status.outcome, Ready) and status.unavailable
+                    else None
+                ),
                 "proxies": running,
             }
         )

@@ -20,6 +20,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from wasmxds.errors import DockerConfigError
+
 __all__ = [
     "DOCKER_HUB_AUTH_KEY",
     "DockerConfig",
@@ -34,10 +36,6 @@ DOCKER_HUB_AUTH_KEY = "index.docker.io"
 _DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 # A config is a few KiB; anything far larger is not one (and must not eat memory).
 _MAX_CONFIG_BYTES = 1 << 20
-
-
-class DockerConfigError(ValueError):
-    """The content is not a usable Docker config; the message names the field, never its value."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,11 +17,9 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from wasmxds.errors import GoURLError
+
 __all__ = ["GoURL", "GoURLError", "parse", "parse_request_uri", "strict_parse_url"]
-
-
-class GoURLError(ValueError):
-    """Go's ``url.Parse`` would fail; the message is Go's reason."""
 
 
 @dataclass(frozen=True, slots=True)

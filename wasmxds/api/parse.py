@@ -12,6 +12,11 @@ WasmPlugin of the same namespace/name, with a deprecation warning.
 ``kubernetes.io/dockerconfigjson`` Secrets (image pull secrets) are collected
 too (:mod:`wasmxds.api.secrets`); Secrets of other types are skipped.
 
+A file past one of the input limits (:mod:`wasmxds.api.limits`: size,
+documents, values and text once aliases are expanded, nesting) is refused
+whole, like a file that is not YAML, and so are objects passed to
+:func:`parse_object` that pass them.
+
 Every object is checked in three layers, and all problems are reported, not
 just the first: the object and its metadata (as the API server would),
 the spec's schema (:mod:`wasmxds.api.convert`), and, when the schema is
@@ -41,7 +46,9 @@ from wasmxds.api.convert import (
     prefixed,
     suggest,
 )
+from wasmxds.api.files import ConfigFileError, read_config_file
 from wasmxds.api.json import canonical_json
+from wasmxds.api.limits import DEFAULT_LIMITS, Limits, check_value
 from wasmxds.api.objects import (
     API_GROUP,
     API_VERSION,
@@ -50,6 +57,7 @@ from wasmxds.api.objects import (
     ObjectKey,
     Origin,
     Problem,
+    Severity,
     WasmPlugin,
 )
 from wasmxds.api.proto import wasm_pb2
@@ -76,6 +84,7 @@ __all__ = [
     "parse_file",
     "parse_object",
     "parse_text",
+    "unreadable",
 ]
 
 log = structlog.get_logger(__name__)
@@ -153,35 +162,48 @@ def fingerprint(value: Mapping[object, object]) -> str:
     return hashlib.sha256(canonical_json(content).encode()).hexdigest()
 
 
-def parse_file(path: Path, *, default_namespace: str = DEFAULT_NAMESPACE) -> ParsedFile:
+def parse_file(
+    path: Path, *, default_namespace: str = DEFAULT_NAMESPACE, limits: Limits = DEFAULT_LIMITS
+) -> ParsedFile:
     """Read and parse one file; unreadable or non-UTF-8 files come back with ``syntax_ok`` False."""
     name = str(path)
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        return _unreadable(name, 0, f"cannot read the file: {reason}")
-    return parse_bytes(data, name, default_namespace=default_namespace)
+        data = read_config_file(path, limits.max_bytes)
+    except ConfigFileError as exc:
+        return unreadable(name, 1, exc.reason, exc.severity)
+    return parse_bytes(data, name, default_namespace=default_namespace, limits=limits)
 
 
 def parse_bytes(
-    data: bytes, path: str, *, default_namespace: str = DEFAULT_NAMESPACE
+    data: bytes,
+    path: str,
+    *,
+    default_namespace: str = DEFAULT_NAMESPACE,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> ParsedFile:
     """Parse the content of the file named ``path``; it must be UTF-8 (a BOM is allowed)."""
+    if len(data) > limits.max_bytes:
+        return unreadable(path, 1, limits.too_big())
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        return _unreadable(path, line, f"not UTF-8 text (byte 0x{data[exc.start]:02x})")
-    return parse_text(text, path, default_namespace=default_namespace)
+        return unreadable(path, line, f"not UTF-8 text (byte 0x{data[exc.start]:02x})")
+    return parse_text(text, path, default_namespace=default_namespace, limits=limits)
 
 
-def parse_text(text: str, path: str, *, default_namespace: str = DEFAULT_NAMESPACE) -> ParsedFile:
+def parse_text(
+    text: str,
+    path: str,
+    *,
+    default_namespace: str = DEFAULT_NAMESPACE,
+    limits: Limits = DEFAULT_LIMITS,
+) -> ParsedFile:
     """Parse the YAML (or JSON) ``text`` of the file named ``path``."""
     try:
-        documents = load_documents(text)
+        documents = load_documents(text, limits)
     except YamlSyntaxError as exc:
-        return _unreadable(path, exc.line, exc.message)
+        return unreadable(path, exc.line, exc.message)
     collector = _FileCollector(path, default_namespace)
     for document in documents:
         collector.add(document.value, document.lines, document.issues, ())
@@ -196,6 +218,7 @@ def parse_object(
     locate: Locator | None = None,
     default_namespace: str = DEFAULT_NAMESPACE,
     issues: Iterable[Issue] = (),
+    source_limits: Limits | None = DEFAULT_LIMITS,
 ) -> ParsedObject | None:
     """Validate one object given as plain data; None when it is not a WasmPlugin at all.
 
@@ -204,11 +227,20 @@ def parse_object(
     line of a field path (default: ``line`` for every field). ``issues`` are
     problems already found while reading the object (YAML that JSON cannot
     express); they make the object invalid like any other error.
+    ``source_limits`` bounds the object's size (:mod:`wasmxds.api.limits`);
+    an object past them is an error whatever its kind. None skips the check,
+    for objects from a file, which was bounded as a whole while it was read.
     """
     where: Locator = locate if locate is not None else (lambda _path: line)
     if not isinstance(value, Mapping):
         return None
     found = list(issues)
+    # Data from a file is bounded as it is read; data from elsewhere is bounded
+    # here, before any of it is looked at (a huge object is refused whatever its kind).
+    if source_limits is not None and (reason := check_value(value, "the object", source_limits)):
+        found.append(Issue((), where(()), reason))
+        key = _key_only(value.get("metadata"), default_namespace)
+        return ParsedObject(None, key, tuple(issue.to_problem(source) for issue in found))
     verdict = _identify(value)
     if verdict is _Verdict.SKIP:
         return None
@@ -229,8 +261,11 @@ def parse_object(
     return _Object(value, where, found, default_namespace).build(source, line)
 
 
-def _unreadable(path: str, line: int, message: str) -> ParsedFile:
-    return ParsedFile(path, (), (Problem(path, line, message),), (), syntax_ok=False)
+def unreadable(
+    path: str, line: int, message: str, severity: Severity = Severity.ERROR
+) -> ParsedFile:
+    """What a file that cannot be read or parsed at all contributes: one problem."""
+    return ParsedFile(path, (), (Problem(path, line, message, severity),), (), syntax_ok=False)
 
 
 class _Verdict(enum.Enum):
@@ -504,6 +539,7 @@ class _FileCollector:
             locate=where,
             default_namespace=self.default_namespace,
             issues=own_issues,
+            source_limits=None,
         )
         if parsed is None and isinstance(value, Mapping) and self.add_secret(value, where, line):
             return

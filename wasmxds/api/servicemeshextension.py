@@ -50,6 +50,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 from wasmxds.api.convert import FieldPath, Issue, Locator, describe, format_path, suggest
+from wasmxds.api.moduleurl import has_scheme, with_scheme
 from wasmxds.api.objects import API_VERSION, KIND, ObjectKey, Problem, Severity
 from wasmxds.api.proto import wasm_pb2
 from wasmxds.api.yamlload import YamlSyntaxError, load_documents
@@ -420,7 +421,7 @@ class _Converter:
         if not isinstance(image, str):
             self.error(path, f"expected a string, got {describe(image)}")
             return None
-        if "://" in image:
+        if has_scheme(image):
             self.error(
                 path,
                 f"{image!r} is not a container image reference (it has a scheme);"
@@ -435,7 +436,7 @@ class _Converter:
                 f" (docker.io/{'' if '/' in _repository(image) else 'library/'}{image});"
                 " write the registry host if that is not where the image is",
             )
-        return f"oci://{image}"
+        return with_scheme(image)
 
     def pull_policy(self, value: object) -> str | None:
         path: FieldPath = ("spec", "imagePullPolicy")

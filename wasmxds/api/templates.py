@@ -36,6 +36,7 @@ from google.protobuf import json_format, message
 from wasmxds.api.convert import FieldPath, LineTable, format_path, suggest
 from wasmxds.api.envoy_types import ensure_types
 from wasmxds.api.json import canonical_json
+from wasmxds.api.limits import DEFAULT_LIMITS, Limits
 from wasmxds.api.objects import Origin, Problem
 from wasmxds.api.yamlload import YamlSyntaxError, load_documents
 
@@ -290,13 +291,24 @@ def _parse_document(
     return ClusterTemplate(name, nodes, cluster, origin, digest), []
 
 
-def parse_templates(data: bytes, path: str) -> ParsedTemplates:
-    """Every template in one file, or the problems that kept them out."""
+def parse_templates(data: bytes, path: str, limits: Limits = DEFAULT_LIMITS) -> ParsedTemplates:
+    """Every template in one file, or the problems that kept them out.
+
+    A file past ``limits`` is refused whole (``syntax_ok`` False).
+    """
+    if len(data) > limits.max_bytes:
+        return ParsedTemplates(
+            path, problems=(Problem(path, 1, limits.too_big()),), syntax_ok=False
+        )
     try:
-        documents = load_documents(data.decode("utf-8"))
+        documents = load_documents(data.decode("utf-8"), limits)
     except UnicodeDecodeError as exc:
         return ParsedTemplates(
-            path, problems=(Problem(path, 0, f"not UTF-8 text: {exc}"),), syntax_ok=False
+            path,
+            problems=(
+                Problem(path, data.count(b"\n", 0, exc.start) + 1, f"not UTF-8 text: {exc}"),
+            ),
+            syntax_ok=False,
         )
     except YamlSyntaxError as exc:
         return ParsedTemplates(

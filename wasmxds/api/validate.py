@@ -26,6 +26,7 @@ from google.protobuf import struct_pb2
 
 from wasmxds.api.convert import NO_LINES, FieldPath, Issue, Locator
 from wasmxds.api.gourl import GoURL, GoURLError, strict_parse_url
+from wasmxds.api.moduleurl import module_scheme
 from wasmxds.api.objects import Severity
 from wasmxds.api.proto import selector_pb2, wasm_pb2
 
@@ -472,18 +473,13 @@ def _sha256_format(subject: Subject) -> Iterator[Finding]:
         yield Finding((*SPEC, "sha256"), f"must match [a-f0-9]{{64}}{hint}")
 
 
-def _module_scheme(url: str) -> str:
-    """The scheme istiod uses: oci:// is added when the URL has none."""
-    return url.split("://", 1)[0].lower() if "://" in url else "oci"
-
-
 @_check(
     "sha256-digest-mismatch",
     "beyond Istio: sha256 agrees with an @sha256: digest in an OCI url (else nothing can match)",
 )
 def _sha256_digest_mismatch(subject: Subject) -> Iterator[Finding]:
     spec = subject.spec
-    if not spec.sha256 or _module_scheme(spec.url) != "oci":
+    if not spec.sha256 or module_scheme(spec.url) != "oci":
         return
     match = _DIGEST.search(spec.url)
     if match and _SHA256.match(match.group(1)) and match.group(1) != spec.sha256:

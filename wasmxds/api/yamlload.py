@@ -17,8 +17,13 @@ checked: ``.nan``/``.inf``, keys that are not strings (Kubernetes would turn
 ``on:`` into ``"true"`` silently), ``!!binary`` and other tags, duplicate keys,
 and alias cycles. The offending value is dropped (or replaced by ``None``).
 
-Merge keys (``<<: *base``) and aliases are expanded; the expansion is capped
-so a "billion laughs" document cannot exhaust memory.
+Merge keys (``<<: *base``) and aliases are expanded. A whole file is bounded
+(:mod:`wasmxds.api.limits`): its size, its number of documents, and, across
+all its documents, the values and text it expands to and how deep it nests.
+Each bound is checked while the text is read, so a "billion laughs" file is
+abandoned after at most ``max_values`` values of work rather than read to
+the end, and a file past a bound raises :class:`YamlLimitError` (a
+:class:`YamlSyntaxError`: nothing of the file is used).
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from dataclasses import dataclass
 import yaml
 
 from wasmxds.api.convert import FieldPath, Issue, LineTable, describe
+from wasmxds.api.limits import DEFAULT_LIMITS, Limits
+from wasmxds.errors import YamlLimitError, YamlSyntaxError
 
-__all__ = ["Document", "YamlSyntaxError", "load_documents"]
+__all__ = ["Document", "YamlLimitError", "YamlSyntaxError", "load_documents"]
 
 # The libyaml-backed loader is ~10x faster; both resolve through our hook.
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -58,8 +65,6 @@ _EXACT[""] = (_NULL, None)
 _GO_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?\Z")
 _GO_INT = re.compile(r"([-+]?)(0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|0[0-7]*|[1-9][0-9]*)\Z")
 _GO_INT_SHAPE = re.compile(r"[-+]?(0[xX][0-9a-fA-F]+|0[oO][0-9]+|0[bB][0-9]+|[0-9]+)\Z")
-
-_MAX_NODES = 1_000_000
 
 
 def _go_int(text: str) -> tuple[int | None, bool]:
@@ -105,9 +110,21 @@ def _resolve_plain(text: str) -> tuple[str, object]:
 
 
 class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
-    """A safe loader whose plain scalars resolve as go-yaml v2 resolves them."""
+    """A safe loader whose plain scalars resolve as go-yaml v2 resolves them.
+
+    With a budget, it also counts the nodes it composes: libyaml builds a
+    whole document's node tree before any of it is looked at, and a big file
+    of tiny values costs seconds and hundreds of MiB to compose, so the count
+    must stop it on the way. Every node without an explicit tag passes
+    through :meth:`resolve`; a node with one needs a ``!`` in the text, which
+    :func:`load_documents` counts up front.
+    """
+
+    budget: _Budget | None = None
 
     def resolve(self, kind: type[yaml.Node], value: str | None, implicit: tuple[bool, bool]) -> str:
+        if self.budget is not None:
+            self.budget.composed()
         if kind is yaml.ScalarNode and implicit[0] and value is not None:
             if value == "<<":
                 return _MERGE
@@ -116,13 +133,76 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
         return tag
 
 
-class YamlSyntaxError(Exception):
-    """The text is not YAML; ``line`` is 1-based (0 when unknown)."""
+class _LimitPassed(Exception):
+    """Raised inside the loader and builder; becomes a :class:`YamlLimitError`."""
 
-    def __init__(self, message: str, line: int) -> None:
+    def __init__(self, message: str, line: int | None) -> None:
         super().__init__(message)
         self.message = message
         self.line = line
+
+
+class _Budget:
+    """What one file may still expand to, shared by all its documents."""
+
+    def __init__(self, limits: Limits, tagged: int) -> None:
+        self.limits = limits
+        # Explicitly tagged nodes skip the loader's count; each needs a "!".
+        self.composed_nodes = tagged
+        self.values = 0
+        self.text = 0
+        self.documents = 0
+
+    def composed(self) -> None:
+        self.composed_nodes += 1
+        if self.composed_nodes > self.limits.max_values:
+            raise _LimitPassed(self.limits.too_many_values("the file"), None)
+
+    def value(self, node: yaml.Node, depth: int) -> None:
+        self.values += 1
+        if self.values > self.limits.max_values:
+            raise _LimitPassed(self.limits.too_many_values("the file"), _line(node))
+        if depth > self.limits.max_depth:
+            raise _LimitPassed(self.limits.too_deep(), _line(node))
+
+    def charge(self, values: int, text: int, depth: int, line: int) -> None:
+        """Count a value built before, used again through an alias, at ``line``."""
+        self.values += values
+        if self.values > self.limits.max_values:
+            raise _LimitPassed(self.limits.too_many_values("the file"), line)
+        if depth > self.limits.max_depth:
+            raise _LimitPassed(self.limits.too_deep(), line)
+        self.text += text
+        if self.text > self.limits.max_text:
+            raise _LimitPassed(self.limits.too_much_text("the file"), line)
+
+    def chars(self, node: yaml.Node, count: int) -> None:
+        self.text += count
+        if self.text > self.limits.max_text:
+            raise _LimitPassed(self.limits.too_much_text("the file"), _line(node))
+
+    def document(self, line: int) -> None:
+        self.documents += 1
+        if self.documents > self.limits.max_documents:
+            raise _LimitPassed(
+                f"the file holds more than {self.limits.max_documents} YAML documents, the limit"
+                " per file; split it into several files",
+                line,
+            )
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _shape(node: yaml.Node) -> str:
+    """What a node is, for messages: ``the list``, ``the value 'x'``."""
+    if isinstance(node, yaml.SequenceNode):
+        return "the list"
+    if isinstance(node, yaml.ScalarNode):
+        text = node.value if len(node.value) <= 40 else node.value[:40] + "..."
+        return f"the value {text!r}"
+    return f"the {node.tag.removeprefix(_TAG)} value"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,31 +220,67 @@ class Document:
     issues: tuple[Issue, ...]
 
 
-def load_documents(text: str) -> list[Document]:
+def load_documents(text: str, limits: Limits = DEFAULT_LIMITS) -> list[Document]:
     """Split ``text`` into documents; raises :class:`YamlSyntaxError` if it is not YAML.
 
+    Raises :class:`YamlLimitError` when the text passes one of ``limits``.
     Empty documents (``---`` with nothing but comments) come back with value None.
     """
+    if len(text) > limits.max_bytes:
+        raise YamlLimitError(limits.too_big(), 1)
+    budget = _Budget(limits, _tag_marks(text))
     loader = _Loader(text)
+    loader.budget = budget
     documents: list[Document] = []
+    last_line = 1
     try:
         while loader.check_node():
             node = loader.get_node()
-            documents.append(_Builder().document(node))
+            budget.document(_line(node))
+            documents.append(_Builder(budget).document(node))
+            last_line = int(node.end_mark.line) + 1
+    except _LimitPassed as exc:
+        line = exc.line if exc.line is not None else _next_line(loader, last_line)
+        raise YamlLimitError(exc.message, line) from None
+    except RecursionError:
+        # A guard, not a path: libyaml stops nesting at 1,000 levels and the
+        # builder at limits.max_depth, far below Python's recursion limit.
+        raise YamlLimitError(limits.too_deep(), last_line) from None
     except yaml.MarkedYAMLError as exc:
-        raise _syntax_error(exc) from exc
+        raise _syntax_error(exc, limits) from exc
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         code = exc.character if isinstance(exc.character, int) else ord(exc.character)
         raise YamlSyntaxError(f"invalid YAML: {exc.reason} (U+{code:04X})", line) from exc
     except yaml.YAMLError as exc:
-        raise YamlSyntaxError(f"invalid YAML: {exc}", 0) from exc
+        raise YamlSyntaxError(f"invalid YAML: {exc}", 1) from exc
     finally:
         loader.dispose()
     return documents
 
 
-def _syntax_error(exc: yaml.MarkedYAMLError) -> YamlSyntaxError:
+def _tag_marks(text: str) -> int:
+    """At least the number of explicit tags in ``text``: every tag starts with a ``!``.
+
+    Counting every ``!`` over-counts (one inside a string is no tag), but
+    libyaml starts a token after characters that are easy to miss (``\x85``,
+    ``\u2028``, a BOM); no list of them can be trusted to be complete.
+    """
+    return text.count("!")
+
+
+def _next_line(loader: _Loader, fallback: int) -> int:
+    """Where the loader stopped composing: the line of the next event, when it can tell."""
+    loader.budget = None
+    try:
+        event = loader.peek_event()
+    except yaml.YAMLError:
+        return fallback
+    mark = getattr(event, "start_mark", None)
+    return int(mark.line) + 1 if mark is not None else fallback
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError, limits: Limits) -> YamlSyntaxError:
     """A readable message: the problem first, then where the construct began."""
     mark = exc.problem_mark or exc.context_mark
     message = f"invalid YAML: {exc.problem or exc.context or 'cannot parse'}"
@@ -173,38 +289,102 @@ def _syntax_error(exc: yaml.MarkedYAMLError) -> YamlSyntaxError:
         if exc.context_mark is not None and exc.context_mark.line != getattr(mark, "line", None):
             message += f" that starts on line {exc.context_mark.line + 1}"
         message += ")"
-    return YamlSyntaxError(message, mark.line + 1 if mark is not None else 0)
+    if "maximum nesting depth" in message:
+        # libyaml's own guard, at 1,000 levels: usually brackets left open.
+        message += (
+            f"; values may nest at most {limits.max_depth} levels deep: close any bracket"
+            " ([ or {) left open, or flatten this structure"
+        )
+    return YamlSyntaxError(message, mark.line + 1 if mark is not None else 1)
 
 
 class _Builder:
     """Turns one composed node tree into plain data, recording lines and issues."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: _Budget) -> None:
         self.lines: dict[FieldPath, int] = {}
         self.issues: list[Issue] = []
         self.active: set[int] = set()
-        self.count = 0
+        self.budget = budget
+        self.built: set[int] = set()
+        # Lists and mappings already built, with what they cost: (value, values,
+        # text, levels below). Aliases share the value instead of copying it, so
+        # a file costs what is written in it, not what it expands to; the
+        # expansion is still charged to the budget in full. Lines are recorded
+        # once, where the anchor is; a field inside an alias reports the line
+        # where the alias is used (LineTable falls back to the nearest ancestor).
+        # With the first problem found inside, its path relative to the value.
+        self.reused: dict[int, tuple[object, int, int, int, Issue | None]] = {}
+        # The line of the value being built and of the one holding it (see at()).
+        self.here = self.parent_line = 1
+        self.deepest = 0
+        # Where the alias being expanded now was used: a limit passed inside an
+        # expansion is reported there, not at the anchor the values come from.
+        self.alias_line: int | None = None
 
     def document(self, node: yaml.Node) -> Document:
         start = node.start_mark.line + 1
         self.lines[()] = start
+        self.here = self.parent_line = start
         try:
             value = self.build(node, ())
-        except _TooLarge:
-            value = None
-            self.issue((), start, f"the document expands to more than {_MAX_NODES} values")
+        except _LimitPassed as exc:
+            if self.alias_line is not None:
+                exc.line = self.alias_line
+            raise
         return Document(value, LineTable(self.lines), start, tuple(self.issues))
 
     def issue(self, path: FieldPath, line: int, message: str) -> None:
         self.issues.append(Issue(path, line, message))
 
     def build(self, node: yaml.Node, path: FieldPath) -> object:
-        self.count += 1
-        if self.count > _MAX_NODES:
-            raise _TooLarge
+        depth = len(path) + 1
+        reused = self.reused.get(id(node))
+        if reused is not None:
+            # An alias of a list or mapping built before without problems: the
+            # same value again, charged in one step for everything it holds.
+            value, values, text, height, issue = reused
+            line = self.alias_line or self.parent_line
+            self.budget.charge(values, text, depth + height, line)
+            self.deepest = max(self.deepest, depth + height)
+            if issue is not None:
+                # The value is as broken here as where it was built; one issue
+                # per use says so (its field, the first problem found).
+                self.issue((*path, *issue.path), line, issue.message)
+            return value
+        self.budget.value(node, depth)
+        self.deepest = max(self.deepest, depth)
         if id(node) in self.active:
             self.issue(path, node.start_mark.line + 1, "an alias refers to itself (a cycle)")
             return None
+        if id(node) in self.built and self.alias_line is None:
+            # An alias (its node was built before): what follows is its expansion.
+            self.alias_line = self.parent_line
+            value = self.node(node, path)
+            self.alias_line = None
+            return value
+        self.built.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            return self.node(node, path)
+        values, text, issues = self.budget.values - 1, self.budget.text, len(self.issues)
+        outer, self.deepest = self.deepest, depth
+        value = self.node(node, path)
+        height = self.deepest - depth
+        self.deepest = max(outer, self.deepest)
+        first = None
+        if len(self.issues) > issues:
+            found = self.issues[issues]
+            first = Issue(found.path[len(path) :], found.line, found.message)
+        self.reused[id(node)] = (
+            value,
+            self.budget.values - values,
+            self.budget.text - text,
+            height,
+            first,
+        )
+        return value
+
+    def node(self, node: yaml.Node, path: FieldPath) -> object:
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node, path)
         self.active.add(id(node))
@@ -221,6 +401,7 @@ class _Builder:
     def scalar(self, node: yaml.ScalarNode, path: FieldPath) -> object:
         line = node.start_mark.line + 1
         tag, text = node.tag, node.value
+        self.budget.chars(node, len(text))
         value: object
         if tag == _STR or tag == _TAG + "timestamp":
             # Kubernetes keeps timestamps as the text that was written.
@@ -242,19 +423,35 @@ class _Builder:
 
     def sequence(self, node: yaml.SequenceNode, path: FieldPath) -> list[object]:
         items: list[object] = []
+        here = self.here
         for index, child in enumerate(node.value):
             child_path = (*path, index)
-            self.lines[child_path] = child.start_mark.line + 1
+            # An alias's node carries the anchor's line, not the line it is used on.
+            line = here if id(child) in self.built else child.start_mark.line + 1
+            self.at(child_path, line, here)
             items.append(self.build(child, child_path))
         return items
+
+    def at(self, path: FieldPath, line: int, parent: int) -> None:
+        """Note that the value at ``path`` is on ``line``, inside a value on line ``parent``.
+
+        A line equal to the parent's is not stored: LineTable finds it from
+        the parent, and a deep structure written on one line would otherwise
+        store a path as long as its depth for every value.
+        """
+        if line != parent:
+            self.lines[path] = line
+        self.here, self.parent_line = line, parent
 
     def mapping(self, node: yaml.MappingNode, path: FieldPath) -> dict[str, object]:
         result: dict[str, object] = {}
         explicit: dict[str, int] = {}
         merged: list[tuple[yaml.Node, yaml.Node]] = []
+        sources: set[int] = set()
+        here = self.here
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE:
-                merged.extend(self.merge_sources(value_node, path))
+                merged.extend(self.merge_sources(key_node, value_node, path, sources))
                 continue
             key_line = key_node.start_mark.line + 1
             key = self.key(key_node, path)
@@ -269,7 +466,7 @@ class _Builder:
                 )
                 continue
             explicit[key] = key_line
-            self.lines[child_path] = key_line
+            self.at(child_path, key_line, here)
             result[key] = self.build(value_node, child_path)
         # Keys written in the mapping itself win over merged ones, and earlier
         # merge sources win over later ones (YAML merge key semantics).
@@ -278,22 +475,46 @@ class _Builder:
             if key is None or key in result:
                 continue
             child_path = (*path, key)
-            self.lines[child_path] = key_node.start_mark.line + 1
+            self.at(child_path, key_node.start_mark.line + 1, here)
             result[key] = self.build(value_node, child_path)
         return result
 
-    def merge_sources(self, node: yaml.Node, path: FieldPath) -> list[tuple[yaml.Node, yaml.Node]]:
-        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    def merge_sources(
+        self, merge_key: yaml.Node, node: yaml.Node, path: FieldPath, seen: set[int]
+    ) -> list[tuple[yaml.Node, yaml.Node]]:
+        """The (key, value) pairs a merge key (``<<``) brings into the mapping at ``path``.
+
+        Every source and every pair is charged to the budget before it is
+        kept, at the line of the ``<<``: ``<<: [*big, *big, ...]`` would
+        otherwise build millions of pairs before any limit looked at them. A
+        source already merged into this mapping adds nothing (its keys are
+        there already), so it is skipped after its charge.
+        """
+        depth = len(path) + 1
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
         pairs: list[tuple[yaml.Node, yaml.Node]] = []
-        for source in sources:
-            if not isinstance(source, yaml.MappingNode):
-                self.issue(path, source.start_mark.line + 1, "a merge key (<<) needs a mapping")
+        for source in items:
+            self.budget.value(merge_key, depth)
+            if not isinstance(source, yaml.MappingNode) or source.tag != _MAP:
+                raise YamlSyntaxError(
+                    f"invalid YAML: a merge key (<<) takes a mapping or a list of mappings,"
+                    f" and {_shape(source)} on line {_line(source)} is not one;"
+                    " anchor a mapping (&name) and merge it with <<: *name",
+                    _line(merge_key),
+                )
+            if id(source) in seen:
                 continue
-            pairs.extend((k, v) for k, v in source.value if k.tag != _MERGE)
+            seen.add(id(source))
+            for key, value in source.value:
+                self.budget.value(merge_key, depth)
+                if key.tag != _MERGE:
+                    pairs.append((key, value))
         return pairs
 
     def key(self, node: yaml.Node, path: FieldPath) -> str | None:
         line = node.start_mark.line + 1
+        if isinstance(node, yaml.ScalarNode):
+            self.budget.chars(node, len(node.value))
         if isinstance(node, yaml.ScalarNode) and node.tag in (_STR, _TAG + "timestamp"):
             return str(node.value)
         if isinstance(node, yaml.ScalarNode) and node.tag in (_INT, _FLOAT, _BOOL, _NULL):
@@ -307,7 +528,3 @@ class _Builder:
             return None
         self.issue(path, line, "mapping keys must be strings")
         return None
-
-
-class _TooLarge(Exception):
-    """Alias expansion passed the node budget."""

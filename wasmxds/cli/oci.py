@@ -8,11 +8,11 @@ from pathlib import Path
 from wasmxds.api.dockerconfig import DockerConfig, DockerConfigError, parse_docker_config
 from wasmxds.api.parse import parse_bytes
 from wasmxds.errors import SettingsError
-from wasmxds.modules.http import FetcherSettings
 from wasmxds.modules.oci import credentials as creds
 from wasmxds.modules.oci.client import Credentials
 from wasmxds.modules.oci.fetcher import DEFAULT_OCI_SETTINGS
 from wasmxds.modules.oci.reference import Reference
+from wasmxds.modules.settings import FetcherSettings
 from wasmxds.settings import parse_size
 
 __all__ = ["add_common_arguments", "credentials_for", "fetch_settings"]

@@ -13,6 +13,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from wasmxds.api.moduleurl import module_scheme, with_scheme
 from wasmxds.cli.oci import add_common_arguments, credentials_for, fetch_settings
 from wasmxds.errors import ModuleError, SettingsError
 from wasmxds.log import configure_logging
@@ -56,11 +57,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _url(text: str) -> str:
-    if "://" not in text:
-        return f"oci://{text}"  # Istio: no scheme means OCI
-    if not text.lower().startswith("oci://"):
+    url = with_scheme(text)
+    if module_scheme(url) != "oci":
         raise SettingsError(f"{redact_url(text)}: only oci:// references can be pulled")
-    return text
+    return url
 
 
 async def _pull(args: argparse.Namespace) -> Fetched:

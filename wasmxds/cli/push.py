@@ -13,6 +13,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from wasmxds.api.moduleurl import with_scheme
 from wasmxds.cli.oci import add_common_arguments, credentials_for, fetch_settings
 from wasmxds.errors import ModuleError, SettingsError
 from wasmxds.log import configure_logging
@@ -55,7 +56,7 @@ async def _push(args: argparse.Namespace) -> tuple[str, str]:
         raise SettingsError(f"{args.file}: {exc.strerror or exc}") from None
     if not is_wasm(wasm):
         raise SettingsError(f"{args.file}: not a Wasm module (no \\0asm header)")
-    url = args.ref if "://" in args.ref else f"oci://{args.ref}"
+    url = with_scheme(args.ref)
     ref = parse_reference(url)
     if ref.digest or "@" in args.ref:
         raise SettingsError(f"{redact_url(url)}: push to a tag, not a digest")

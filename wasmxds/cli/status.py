@@ -47,7 +47,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="WasmPlugins, their modules, what is served and where",
         description=(
             "One line per WasmPlugin: where it came from, its module's state (ready, stale, "
-            "failed, pending), whether the filter or a fail-strategy stand-in is served, and "
+            "failed, pending), whether the filter, its last good version (kept while an "
+            "edit's module is pending or failed) or a fail-strategy stand-in is served, and "
             "how many connected proxies run it. -o json adds errors, digests and proxy names."
         ),
     )
@@ -56,13 +57,31 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _fetch(args: argparse.Namespace, path: str) -> Any:
-    url = f"http://{args.admin_address}{path}"
+    address = args.admin_address
+    url = f"http://{address}{path}"
+    elsewhere = (
+        "point this command at the right one with --admin-address HOST:PORT"
+        " (the --admin-address that `wasmxds serve` was started with)"
+    )
     try:
         response = httpx.get(url, timeout=10)
         response.raise_for_status()
+        return response.json()
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise SystemExit(
+            f"wasmxds: no wasmxds answers at admin address {address} ({exc}); is"
+            f" `wasmxds serve` running? If it is, {elsewhere}"
+        ) from exc
+    except ValueError as exc:  # an answer, but not the JSON a wasmxds admin server sends
+        raise SystemExit(
+            f"wasmxds: {url} did not answer like a wasmxds admin server ({exc}); {elsewhere}"
+        ) from exc
+    except httpx.HTTPStatusError as exc:
+        raise SystemExit(
+            f"wasmxds: cannot read {url}: {exc}; if no wasmxds admin server is there, {elsewhere}"
+        ) from exc
     except httpx.HTTPError as exc:
         raise SystemExit(f"wasmxds: cannot read {url}: {exc}") from exc
-    return response.json()
 
 
 def _print_json(data: Any) -> int:
@@ -165,7 +184,29 @@ def run_plugins(args: argparse.Namespace) -> int:
         )
     sys.stdout.write(_table(rows))
     for plugin in plugins:
-        error = plugin["module"].get("error")
-        if error:
-            print(f"{plugin['name']}: {error}")
+        print_why(plugin)
     return 0
+
+
+def print_why(plugin: dict[str, Any]) -> None:
+    """One line on why a plugin's module is not what proxies run, and what happens next."""
+    kept = plugin.get("last_good")  # absent from older servers' answers
+    standin = plugin.get("standin")
+    action = plugin.get("action")  # set when nothing retries (too large for inline delivery)
+    error = plugin["module"].get("error")
+    if action:
+        # The module is fetched (no module error): the reason is the delivery's.
+        error = (kept or {}).get("reason") or (standin or {}).get("reason") or error
+    if not error:
+        return
+    if kept:
+        digest = f" sha256:{kept['digest'][:12]}" if kept.get("digest") else ""
+        until = f"; {action}" if action else ", until this module is fetched"
+        print(
+            f"{plugin['name']}: {error} (proxies keep the last good version,"
+            f" {kept['url']}{digest}{until})"
+        )
+    elif action:
+        print(f"{plugin['name']}: {error} (proxies get the stand-in; {action})")
+    else:
+        print(f"{plugin['name']}: {error}")

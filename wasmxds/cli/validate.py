@@ -4,12 +4,15 @@ Directories are searched recursively with the same file rules as the
 directory source (:mod:`wasmxds.api.files`); files named explicitly are always
 read. Problems print to stdout as ``path:line: message`` sorted by path and
 line, a one-line summary goes to stderr, and the exit status says whether any
-error was found (warnings do not fail).
+error was found (warnings fail only with ``--strict``). ``--fetch`` also
+fetches and verifies each plugin's module (:mod:`wasmxds.cli.fetchcheck`).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +21,20 @@ from typing import Any
 from wasmxds.api.files import iter_config_files
 from wasmxds.api.objects import DEFAULT_NAMESPACE, ObjectKey, Problem
 from wasmxds.api.parse import ParsedFile, parse_file, parse_text
+from wasmxds.cli.fetchcheck import FetchOptions, check_modules
+from wasmxds.cli.registry import add_registry_arguments, fetch_values
+from wasmxds.errors import SettingsError
 from wasmxds.log import configure_logging
+from wasmxds.settings import parse_duration
 
 __all__ = ["EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "register", "run"]
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
+# The shell's convention for a command ended by a signal: 128 + its number.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 STDIN = "-"
 
@@ -44,18 +54,27 @@ for specs that Istio accepts but that can never work. Maistra
 ServiceMeshExtensions are checked as the WasmPlugins they are served as, with
 a deprecation warning (see `wasmxds migrate`). Documents of other kinds are
 ignored. The same namespace/name defined twice is an error.
+
+With --fetch, each valid plugin's module is also fetched and verified as
+`wasmxds serve` would do it (reachable, within --max-module-size, a Wasm
+binary, matching spec.sha256), into a temporary cache that is deleted
+afterwards: run it in CI before a change lands, so a typo in a URL never
+reaches the server. Image pull secrets defined in the given files are used;
+file:// modules are paths on the proxy and are not checked.
 """
 
 _EPILOG = """\
 output:
   path:line: message            an error
-  path:line: warning: message   a warning (does not change the exit status)
+  path:line: warning: message   a warning (fails only with --strict)
   A summary line (files, plugins, errors, warnings) goes to stderr.
 
 exit status:
-  0  no errors (warnings allowed)
-  1  at least one error
+  0  no errors (warnings allowed, unless --strict)
+  1  at least one error, a module that failed with --fetch, or a warning with --strict
   2  usage error, such as a PATH that does not exist
+  130, 143  interrupted (Ctrl-C) or terminated (SIGTERM) during --fetch; the
+     temporary module cache is deleted first
 """
 
 
@@ -92,6 +111,28 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="also log which documents were skipped and why (to stderr)",
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail (exit 1) on warnings too",
+    )
+    fetching = parser.add_argument_group(
+        "fetching modules",
+        "With --fetch, modules are fetched as `wasmxds serve` fetches them; these options"
+        " mean what they mean there.",
+    )
+    fetching.add_argument(
+        "--fetch",
+        action="store_true",
+        help="also fetch each plugin's module and check it: reachable, Wasm, sha256",
+    )
+    fetching.add_argument(
+        "--fetch-timeout",
+        default="2m",
+        metavar="DUR",
+        help="report modules not fetched after this long as failed (default %(default)s)",
+    )
+    add_registry_arguments(fetching)
     parser.set_defaults(run=run)
 
 
@@ -127,6 +168,24 @@ def run(args: argparse.Namespace) -> int:
         report.files.append(parsed)
         report.problems.extend(parsed.problems)
     report.problems.extend(_duplicates(report.files))
+    if args.fetch:
+        try:
+            options = _fetch_options(args)
+        except SettingsError as exc:
+            print(f"wasmxds validate: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if not args.verbose:
+            # Each failure becomes a problem below; the fetch log would repeat it.
+            configure_logging("error")
+        try:
+            report.problems.extend(asyncio.run(_until_terminated(report.files, options)))
+        except KeyboardInterrupt:
+            # asyncio.run cancelled the check first, so the temporary cache is gone.
+            print("wasmxds validate: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except _Terminated:
+            print("wasmxds validate: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
     report.problems.sort(key=lambda p: (p.path, p.line))
     for problem in report.problems:
         print(problem)
@@ -138,7 +197,55 @@ def run(args: argparse.Namespace) -> int:
             f" {_plural(errors, 'error')}, {_plural(warnings, 'warning')}",
             file=sys.stderr,
         )
-    return EXIT_PROBLEMS if errors else EXIT_OK
+    return EXIT_PROBLEMS if errors or (args.strict and warnings) else EXIT_OK
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived during ``--fetch``; the check was cancelled and cleaned up."""
+
+
+async def _until_terminated(files: list[ParsedFile], options: FetchOptions) -> list[Problem]:
+    """:func:`_check_modules`, cancelled (so its temporary cache is deleted) on SIGTERM."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    # Without a handler SIGTERM kills the process where it stands, cache and all.
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await _check_modules(files, options)
+    except asyncio.CancelledError:
+        if terminated:
+            raise _Terminated from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _fetch_options(args: argparse.Namespace) -> FetchOptions:
+    shared = fetch_values(args)  # parsed and checked as serve does
+    return FetchOptions(
+        insecure_hosts=shared["insecure_registries"],
+        ca_file=shared["registry_ca"],
+        max_size=shared["max_module_size"],
+        timeout=parse_duration(args.fetch_timeout),
+        connect_timeout=shared["fetch_connect_timeout"],
+        read_timeout=shared["fetch_idle_timeout"],
+        min_rate=shared["fetch_min_rate"],
+        rate_window=shared["fetch_rate_window"],
+    )
+
+
+async def _check_modules(files: list[ParsedFile], options: FetchOptions) -> list[Problem]:
+    plugins = [plugin for parsed in files for plugin in parsed.plugins]
+    secrets = {secret.key: secret for parsed in files for secret in parsed.secrets}
+    return await check_modules(plugins, secrets, options)
 
 
 def _collect(paths: list[str]) -> list[str]:

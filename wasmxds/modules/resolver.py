@@ -6,7 +6,10 @@ every pass. The answer comes from memory at once (``Ready``, ``Failed`` or
 and each change of an outcome calls ``on_change`` so the caller can reconcile
 again (it debounces). Compared with Istio's agent: concurrent requests for one
 module share a single download, and failures are retried with backoff rather
-than waiting for the next config push.
+than waiting for the next config push. Downloads take turns in
+:class:`~wasmxds.modules.slots.PullSlots` (a per-host cap, first pulls before
+retries, stalled transfers give their slot back), so slow or failing hosts
+cannot hold back other hosts' modules.
 
 Cache semantics follow Istio (``pkg/wasm/cache.go``): a known ``sha256`` that is
 already on disk is a hit whatever the pull policy; ``IfNotPresent`` reuses the
@@ -31,9 +34,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
+from urllib.parse import urlsplit
 
 import structlog
 
+from wasmxds.api.moduleurl import OCI_PREFIX
 from wasmxds.errors import (
     FetchError,
     MissingPullSecretError,
@@ -44,6 +49,7 @@ from wasmxds.metrics import Metrics
 from wasmxds.modules.backoff import Backoff
 from wasmxds.modules.index import ModuleIndex
 from wasmxds.modules.secrets import PullSecrets
+from wasmxds.modules.slots import PullSlots, SlotTakenBack
 from wasmxds.modules.store import ModuleStore, is_digest
 from wasmxds.modules.types import (
     Failed,
@@ -62,7 +68,6 @@ __all__ = ["Fetcher", "ModuleResolver", "ModuleState"]
 log = structlog.get_logger(__name__)
 
 _FILE_PREFIX = "file://"
-_OCI_PREFIX = "oci://"
 _PINNED = "@sha256:"
 
 CacheKey = tuple[str, ...]
@@ -145,20 +150,21 @@ class ModuleResolver:
         on_change: Callable[[], None],
         retry: Backoff,
         max_parallel: int = 4,
+        max_per_host: int | None = None,
+        lend_stalled_after: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         index: ModuleIndex | None = None,
         pull_secrets: PullSecrets | None = None,
         on_fetched: Callable[[Module], None] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        if max_parallel < 1:
-            raise ValueError(f"max_parallel must be at least 1, got {max_parallel}")
         self._store = store
         self._fetchers = dict(fetchers)
         self._on_change = on_change
         self._retry = retry
         self._clock = clock
-        self._slots = asyncio.Semaphore(max_parallel)
+        # Fair slots: a slow or failing host cannot hold back other hosts' modules.
+        self._slots = PullSlots(max_parallel, per_host=max_per_host, lend_after=lend_stalled_after)
         self._entries: dict[CacheKey, _Entry] = {}
         # Last module each (url, sha256, secret) was fetched as; survives retain()
         # (and restarts) so IfNotPresent reuse and Always fallbacks keep working.
@@ -187,9 +193,10 @@ class ModuleResolver:
             if secret_version is None:
                 # Before any cache lookup, as in Istio: a plugin whose secret is gone fails.
                 error = MissingPullSecretError(
-                    f"{request.display_url}: image pull secret {request.pull_secret} not found"
+                    f"image pull secret {request.pull_secret} not found"
                     f" (a Secret of type kubernetes.io/dockerconfigjson in namespace"
-                    f" {request.pull_secret.namespace})"
+                    f" {request.pull_secret.namespace})",
+                    url=request.display_url,
                 )
                 return self._record(request, Failed(error, attempts=1, next_retry_in=math.inf))
         known = self._known_digest(request)
@@ -324,32 +331,41 @@ class ModuleResolver:
     async def _work(self, entry: _Entry) -> None:
         request = entry.request
         fetcher = self._fetchers[_scheme(request)]
+        host = _host(request)
         while True:
-            async with self._slots:
-                started = self._clock()
-                entry.fetching = True
-                try:
-                    result = await fetcher.fetch(request)
-                    if isinstance(result, Fetched):
-                        fetched = result
+            error: ModuleError
+            try:
+                async with self._slots.slot(host, retry=entry.attempts > 0) as ticket:
+                    started = self._clock()
+                    entry.fetching = True
+                    try:
+                        result = await fetcher.fetch(request)
+                        ticket.keep()  # downloaded: storing it is not stalling
+                        if isinstance(result, Fetched):
+                            fetched = result
+                        else:
+                            fetched = Fetched(await self._store.put(result))
+                    except ModuleError as exc:
+                        error = exc
+                    except Exception as exc:
+                        # A bug in a fetcher must not take every other download down with it.
+                        log.exception("module.fetch_crashed", url=request.display_url)
+                        error = FetchError(
+                            f"unexpected {type(exc).__name__} while fetching",
+                            url=request.display_url,
+                        )
                     else:
-                        fetched = Fetched(await self._store.put(result))
-                except ModuleError as exc:
-                    error: ModuleError = exc
-                except Exception as exc:
-                    # A bug in a fetcher must not take every other download down with it.
-                    log.exception("module.fetch_crashed", url=request.display_url)
-                    error = FetchError(
-                        f"{request.display_url}: unexpected {type(exc).__name__} while fetching"
-                    )
-                else:
-                    self._succeeded(entry, fetched, self._clock() - started)
-                    await self.index.flush()
-                    return
-                finally:
-                    entry.fetching = False
+                        self._succeeded(entry, fetched, self._clock() - started)
+                        break
+                    finally:
+                        entry.fetching = False
+            except SlotTakenBack as exc:
+                # Cancelled for a first pull that waited; the backoff retries it later.
+                error = FetchError(str(exc), url=request.display_url)
             delay = self._failed(entry, error)
             await asyncio.sleep(delay)
+        # Outside the slot: the index is local work, not a download.
+        await self.index.flush()
 
     def _succeeded(self, entry: _Entry, fetched: Fetched, duration: float) -> None:
         request = entry.request
@@ -508,10 +524,21 @@ def _secret(request: ModuleRequest) -> str:
 
 def _pinned_digest(url: str) -> str:
     """The hex digest an ``oci://…@sha256:`` URL pins, or ""."""
-    if not url.startswith(_OCI_PREFIX) or _PINNED not in url:
+    if not url.startswith(OCI_PREFIX) or _PINNED not in url:
         return ""
     digest = url.rsplit(_PINNED, 1)[1].lower()
     return digest if is_digest(digest) else ""
+
+
+def _host(request: ModuleRequest) -> str:
+    """The ``host[:port]`` a request downloads from: the unit of fairness between pulls."""
+    try:
+        parts = urlsplit(request.url)
+        host = (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError:
+        return ""  # malformed: the fetcher reports it, and at once
+    return f"{host}:{port}" if port is not None else host
 
 
 def _scheme(request: ModuleRequest) -> str:
@@ -526,9 +553,10 @@ def _unsupported(request: ModuleRequest, fetchers: Mapping[str, Fetcher]) -> Uns
     scheme = _scheme(request)
     if scheme == "oci":
         return UnsupportedSchemeError(
-            f"{request.display_url}: oci:// modules are not supported yet"
+            "oci:// modules are not supported yet", url=request.display_url
         )
     supported = ", ".join(sorted({"file", *fetchers}))
     return UnsupportedSchemeError(
-        f"{request.display_url}: unsupported module URL scheme {scheme!r} (supported: {supported})"
+        f"unsupported module URL scheme {scheme!r} (supported: {supported})",
+        url=request.display_url,
     )

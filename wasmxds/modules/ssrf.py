@@ -198,12 +198,14 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         resolver: AddressResolver | None = None,
         max_connections: int = 10,
         keepalive_expiry: float = 5.0,
+        inner: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
+        # ``inner`` dials the addresses the guard allowed (the rate meter, in production).
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context,
             max_connections=max_connections,
             keepalive_expiry=keepalive_expiry,
-            network_backend=GuardedNetworkBackend(guard, resolver=resolver),
+            network_backend=GuardedNetworkBackend(guard, resolver=resolver, inner=inner),
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -108,6 +108,21 @@ class ModuleStore:
         """Store ``data`` (hashing and disk I/O run in a worker thread) and describe it."""
         return await asyncio.to_thread(self._put, data)
 
+    async def spool(self) -> Path:
+        """The directory a download is written to before :meth:`adopt` renames it into
+        place: the store's own, so keeping a download is a rename, and a crash's
+        leftovers (``.tmp-*``) are purged like any other temporary."""
+        try:
+            await asyncio.to_thread(self._make_dirs)
+        except OSError as exc:
+            raise CacheWriteError(f"cannot create the module cache {self._dir}: {exc}") from exc
+        return self._dir
+
+    async def adopt(self, path: Path, digest: str) -> Module:
+        """Move the downloaded file at ``path`` (in :meth:`spool`), whose content hashes to
+        ``digest``, into the store; the caller no longer owns it."""
+        return await asyncio.to_thread(self._adopt, path, digest)
+
     def _put(self, data: bytes) -> Module:
         digest = hashlib.sha256(data).hexdigest()
         path = self.path_for(digest)
@@ -119,6 +134,25 @@ class ModuleStore:
         except OSError as exc:
             raise CacheWriteError(f"cannot write module {digest} to {path}: {exc}") from exc
         return Module(digest=digest, path=path, size=len(data))
+
+    def _adopt(self, downloaded: Path, digest: str) -> Module:
+        path = self.path_for(digest)
+        try:
+            try:
+                size = downloaded.stat().st_size
+                if self._size(path) == size:
+                    return Module(digest=digest, path=path, size=size)
+                with open(downloaded, "rb+") as out:
+                    os.fchmod(out.fileno(), _FILE_MODE)
+                    os.fsync(out.fileno())
+                os.replace(downloaded, path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    downloaded.unlink()
+            self._sync_dir()
+        except OSError as exc:
+            raise CacheWriteError(f"cannot write module {digest} to {path}: {exc}") from exc
+        return Module(digest=digest, path=path, size=size)
 
     @staticmethod
     def _size(path: Path) -> int | None:
@@ -150,6 +184,9 @@ class ModuleStore:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
+        self._sync_dir()
+
+    def _sync_dir(self) -> None:
         # Make the rename itself durable, so a crash cannot lose a file Envoy was told about.
         dir_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
         try:

@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from wasmxds import __version__
 from wasmxds.errors import SettingsError
+from wasmxds.modules.progress import MeteredBackend
 from wasmxds.modules.ssrf import AddressGuard, AddressResolver, GuardedTransport
 
 if TYPE_CHECKING:
-    from wasmxds.modules.http import FetcherSettings
+    from wasmxds.modules.settings import FetcherSettings
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -171,18 +173,28 @@ def guarded_client(
     """The HTTP client every module download uses, and the insecure hosts it routes.
 
     Every connection goes through the address guard; TLS is verified except for
-    ``--insecure-registry`` hosts; redirects are bounded.
+    ``--insecure-registry`` hosts; redirects are bounded. Every connection must
+    also make progress: connecting within ``connect_timeout``, never silent for
+    ``read_timeout``, and at least ``min_rate`` bytes/s over each ``rate_window``
+    (:mod:`wasmxds.modules.progress`), so a trickling server lets go of its slot.
     """
     guard = AddressGuard(settings.blocked_cidrs)
     insecure = InsecureHosts(settings.insecure_hosts)
-    verified = GuardedTransport(
-        guard=guard, ssl_context=verifying_context(settings.ca_file), resolver=address_resolver
-    )
-    unverified = (
-        GuardedTransport(guard=guard, ssl_context=trusting_context(), resolver=address_resolver)
-        if insecure
-        else None
-    )
+
+    def transport(context: ssl.SSLContext) -> GuardedTransport:
+        metered = MeteredBackend(
+            httpcore.AnyIOBackend(), min_rate=settings.min_rate, window=settings.rate_window
+        )
+        return GuardedTransport(
+            guard=guard,
+            ssl_context=context,
+            resolver=address_resolver,
+            inner=metered,
+            max_connections=settings.max_connections,
+        )
+
+    verified = transport(verifying_context(settings.ca_file))
+    unverified = transport(trusting_context()) if insecure else None
     client = httpx.AsyncClient(
         transport=TlsRouter(verified, unverified, insecure),
         timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),

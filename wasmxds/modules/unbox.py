@@ -16,14 +16,15 @@ from __future__ import annotations
 import io
 import tarfile
 import zlib
+from pathlib import Path
 
 from wasmxds.errors import ModuleTooLargeError
 
-__all__ = ["DEFAULT_MAX_ROUNDS", "WASM_MAGIC", "is_wasm", "unbox"]
+__all__ = ["DEFAULT_MAX_ROUNDS", "WASM_MAGIC", "is_wasm", "read_header", "unbox"]
 
 WASM_MAGIC = b"\0asm"
 # The magic plus the 4-byte version: Istio's isValidWasmBinary wants at least this much.
-_WASM_HEADER_LEN = 8
+WASM_HEADER_LEN = 8
 _GZIP_MAGIC = b"\x1f\x8b"
 _USTAR_MAGIC = b"ustar"
 _USTAR_MAGIC_OFFSET = 257
@@ -39,7 +40,13 @@ _INFLATE_STEP = 1 << 20
 
 def is_wasm(data: bytes) -> bool:
     """True when ``data`` looks like a WebAssembly binary (magic and version present)."""
-    return len(data) >= _WASM_HEADER_LEN and data.startswith(WASM_MAGIC)
+    return len(data) >= WASM_HEADER_LEN and data.startswith(WASM_MAGIC)
+
+
+def read_header(path: Path) -> bytes:
+    """The first bytes of the file at ``path``: enough for :func:`is_wasm`."""
+    with open(path, "rb") as module:
+        return module.read(WASM_HEADER_LEN)
 
 
 def unbox(data: bytes, *, max_size: int, max_rounds: int = DEFAULT_MAX_ROUNDS) -> bytes:

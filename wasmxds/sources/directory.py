@@ -14,12 +14,15 @@ WasmPlugin may share a namespace/name).
 
 Following the files (editors' rename dance, deletes, new subdirectories,
 ConfigMap symlink swaps) is :class:`wasmxds.sources.watch.FileTree`'s job.
+Files are parsed in a worker thread, never on the event loop: a hostile file
+costs at most the input limits' worth of work (:mod:`wasmxds.api.limits`),
+and admin and xDS answer meanwhile. A file that cannot be read (a symlink
+loop) or passes a limit is reported and keeps its last good content.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +30,9 @@ from typing import TypeVar
 
 import structlog
 
+from wasmxds.api.files import ConfigFileError
 from wasmxds.api.objects import ObjectKey, Problem, Severity, WasmPlugin
-from wasmxds.api.parse import parse_bytes
+from wasmxds.api.parse import parse_bytes, unreadable
 from wasmxds.api.secrets import PullSecret
 from wasmxds.sources.state import SourceState
 from wasmxds.sources.watch import FileTree
@@ -108,7 +112,6 @@ class DirectorySource:
         self._default_namespace = default_namespace
         self._on_change = on_change
         self._files: dict[Path, _FileRecord] = {}
-        self._seq = itertools.count()
         self._state = SourceState()
         self.loaded = asyncio.Event()
 
@@ -120,20 +123,25 @@ class DirectorySource:
         """Load everything, then follow changes until cancelled."""
         await self._tree.follow(self._changed)
 
-    def _on_file(self, path: Path, data: bytes | None) -> bool:
+    async def _on_file(self, path: Path, data: bytes | ConfigFileError | None) -> bool:
         if data is None:
             record = self._files.pop(path, None)
             if record is not None:
                 log.info("source.file_removed", path=str(path), plugins=len(record.plugins))
             return record is not None
+        if isinstance(data, ConfigFileError):
+            parsed = unreadable(str(path), 1, data.reason, data.severity)
+        else:
+            parsed = await asyncio.to_thread(
+                parse_bytes, data, str(path), default_namespace=self._default_namespace
+            )
         record = self._files.get(path)
         if record is None:
-            record = self._files[path] = _FileRecord(seq=next(self._seq))
-        parsed = parse_bytes(data, str(path), default_namespace=self._default_namespace)
+            record = self._files[path] = _FileRecord(seq=self._tree.arrival(path))
         problems = list(parsed.problems)
         if not parsed.syntax_ok:
             if record.plugins or record.secrets:
-                line = next((p.line for p in parsed.problems if p.is_error), 0)
+                line = next((p.line for p in parsed.problems if p.is_error), 1)
                 kept = len(record.plugins) + len(record.secrets)
                 problems.append(_kept_note(path, line, f"this file's {kept} object(s)"))
         else:

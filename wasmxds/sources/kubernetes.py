@@ -18,13 +18,20 @@ managedFields out: they change on every status write (ours included), and a
 new fingerprint means a new snapshot and, with ``imagePullPolicy: Always``, a
 re-pull. Istio re-pulls on any resourceVersion change; it also does not write
 WasmPlugin status.
+
+Objects are validated in a worker thread, never on the event loop (a large
+object within the input limits takes a second or more to check). Changes
+queue up in the order the reflectors report them and one task applies them
+in that order, so a later version of an object always wins.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
-from collections.abc import Callable, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
+from typing import Any
 
 import structlog
 
@@ -33,7 +40,9 @@ from wasmxds.api.secrets import PullSecret
 from wasmxds.modules.backoff import Backoff
 from wasmxds.sources.kube.client import KubeClient
 from wasmxds.sources.kube.objects import (
+    Parser,
     Record,
+    needs_parse,
     origin_of,
     parse_plugin,
     parse_secret_object,
@@ -47,6 +56,9 @@ from wasmxds.sources.state import SourceState
 __all__ = ["KubernetesSource", "origin_of"]
 
 log = structlog.get_logger(__name__)
+
+# What one reflector batch changed: (key, object or None when deleted).
+_Changes = list[tuple[ObjectKey, Mapping[str, Any] | None]]
 
 
 class KubernetesSource:
@@ -78,6 +90,10 @@ class KubernetesSource:
         self._group: asyncio.TaskGroup | None = None
         self._state = SourceState()
         self._logged: frozenset[Problem] = frozenset()
+        self._pending: collections.deque[tuple[bool, _Changes]] = collections.deque()
+        self._more = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.loaded = asyncio.Event()
 
     @property
@@ -129,13 +145,16 @@ class KubernetesSource:
         await self.client.connect()
         async with asyncio.TaskGroup() as group:
             self._group = group
+            group.create_task(self._apply_changes(), name="kubernetes: validate")
             for reflector in self._plugin_reflectors:
                 group.create_task(reflector.run(), name=f"kubernetes: {reflector.collection}")
             await asyncio.gather(*(r.synced.wait() for r in self._plugin_reflectors))
+            await self._applied()
             self._sync_secret_watches()
             # Pull secrets are wanted at start-up (a first fetch without them fails), but
             # a Secret list that fails (RBAC, say) must not keep the source from loading.
             await asyncio.gather(*(r.tried.wait() for r, _ in self._secret_reflectors.values()))
+            await self._applied()
             self.loaded.set()
             self._publish(force=True)
             log.info(
@@ -149,16 +168,42 @@ class KubernetesSource:
             await asyncio.Event().wait()  # the reflectors run in the group until cancelled
 
     def _plugins_changed(self, reflector: Reflector, keys: Set[ObjectKey]) -> None:
-        for key in keys:
-            update(self._plugins, key, reflector.objects.get(key), parse_plugin, "WasmPlugin")
-        if self._group is not None and self._plugin_reflectors_synced():
-            self._sync_secret_watches()
-        self._publish()
+        self._queue(True, [(key, reflector.objects.get(key)) for key in sorted(keys)])
 
     def _secrets_changed(self, reflector: Reflector, keys: Set[ObjectKey]) -> None:
-        for key in keys:
-            update(self._secrets, key, reflector.objects.get(key), parse_secret_object, "Secret")
-        self._publish()
+        self._queue(False, [(key, reflector.objects.get(key)) for key in sorted(keys)])
+
+    def _queue(self, plugins: bool, changes: _Changes) -> None:
+        """Note a reflector's changes (the objects as they are now) for the applying task."""
+        self._pending.append((plugins, changes))
+        self._idle.clear()
+        self._more.set()
+
+    async def _applied(self) -> None:
+        """Until every change noted so far has been applied."""
+        await self._idle.wait()
+
+    async def _apply_changes(self) -> None:
+        """Validate queued changes in a worker thread and apply them, in the order they came."""
+        while True:
+            if not self._pending:
+                self._idle.set()
+                self._more.clear()
+                await self._more.wait()
+                continue
+            plugins, changes = self._pending.popleft()
+            if not plugins:
+                # A namespace no longer watched was dropped while this waited.
+                changes = [c for c in changes if c[0].namespace in self._secret_reflectors]
+            records = self._plugins if plugins else self._secrets
+            parse: Parser = parse_plugin if plugins else parse_secret_object
+            todo = [(k, raw) for k, raw in changes if needs_parse(records, k, raw)]
+            parsed = await asyncio.to_thread(_parse_all, parse, todo) if todo else {}
+            for key, raw in changes:
+                update(records, key, raw, parsed, "WasmPlugin" if plugins else "Secret")
+            if plugins and self._group is not None and self._plugin_reflectors_synced():
+                self._sync_secret_watches()
+            self._publish()
 
     def _plugin_reflectors_synced(self) -> bool:
         return all(r.synced.is_set() for r in self._plugin_reflectors)
@@ -227,6 +272,13 @@ class KubernetesSource:
                 severity=problem.severity.value,
             )
         self._logged = current
+
+
+def _parse_all(
+    parse: Parser, changes: Sequence[tuple[ObjectKey, Mapping[str, Any] | None]]
+) -> dict[ObjectKey, tuple[object | None, list[Problem]]]:
+    """Every object in ``changes`` validated (run in a worker thread)."""
+    return {key: parse(key, raw) for key, raw in changes if raw is not None}
 
 
 def _differs(before: SourceState, after: SourceState) -> bool:

@@ -3,22 +3,26 @@
 Same guarantees as the WasmPlugin directory source: a file that stops parsing,
 or a template that stops validating, keeps its last good version while the
 error is reported; a listener or cluster name defined twice keeps the first.
+Files are parsed in a worker thread, within the input limits
+(:mod:`wasmxds.api.limits`), never on the event loop.
 """
 
 from __future__ import annotations
 
-import itertools
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
+from wasmxds.api.files import ConfigFileError
 from wasmxds.api.objects import Problem, Severity
 from wasmxds.api.templates import (
     ClusterTemplate,
     ListenerTemplate,
     NodeSelector,
+    ParsedTemplates,
     Templates,
     parse_templates,
 )
@@ -45,7 +49,6 @@ class TemplateSource:
         self._tree = FileTree(directories, self._on_file)
         self._on_change = on_change
         self._files: dict[Path, _FileRecord] = {}
-        self._seq = itertools.count()
         self._state = TemplateState()
         self.loaded = False
 
@@ -56,13 +59,17 @@ class TemplateSource:
     async def run(self) -> None:
         await self._tree.follow(self._changed)
 
-    def _on_file(self, path: Path, data: bytes | None) -> bool:
+    async def _on_file(self, path: Path, data: bytes | ConfigFileError | None) -> bool:
         if data is None:
             return self._files.pop(path, None) is not None
+        if isinstance(data, ConfigFileError):
+            problem = Problem(str(path), 1, data.reason, data.severity)
+            parsed = ParsedTemplates(str(path), problems=(problem,), syntax_ok=False)
+        else:
+            parsed = await asyncio.to_thread(parse_templates, data, str(path))
         record = self._files.get(path)
         if record is None:
-            record = self._files[path] = _FileRecord(seq=next(self._seq))
-        parsed = parse_templates(data, str(path))
+            record = self._files[path] = _FileRecord(seq=self._tree.arrival(path))
         problems = list(parsed.problems)
         has_errors = any(p.is_error for p in problems)
         if has_errors and (record.listeners or record.clusters):
@@ -71,7 +78,7 @@ class TemplateSource:
             problems.append(
                 Problem(
                     str(path),
-                    0,
+                    next((p.line for p in problems if p.is_error), 1),
                     "keeping this file's last valid templates until the errors above are fixed",
                     Severity.WARNING,
                 )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from wasmxds.api.objects import WasmPlugin
 from wasmxds.api.proto import selector_pb2
-from wasmxds.translate.node import NodeInfo
+from wasmxds.xds.node import NodeInfo
 
 __all__ = ["GATEWAY_NAME_LABEL", "applies_to", "in_namespace_scope", "selector_matches"]
 

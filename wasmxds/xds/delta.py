@@ -24,18 +24,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from wasmxds.translate.filters import StandIn
 from wasmxds.xds import wire
-from wasmxds.xds.protocol import (
-    ProtocolError,
-    StreamProtocol,
-    Verdict,
-    isolate_suspect,
-    listener_references,
-    versions_hash,
+from wasmxds.xds.resources import (
+    EcdsTag,
+    PreparedResource,
+    PreparedResponse,
+    ResponseKey,
+    references,
 )
-from wasmxds.xds.resources import PreparedResource
-from wasmxds.xds.snapshot import EcdsTag
+from wasmxds.xds.stream import StreamProtocol, TypeStateBase, Verdict, versions_hash
 from wasmxds.xds.types import ECDS, LISTENER, WILDCARD
 
 if TYPE_CHECKING:
@@ -48,87 +45,58 @@ __all__ = ["DeltaStream", "DeltaTypeState"]
 # DeltaDiscoveryResponse field numbers (envoy/service/discovery/v3/discovery.proto).
 _SYSTEM_VERSION = 1
 _TYPE_URL = 4
-_NONCE = 5
 _REMOVED = 6
 _ABSENT = ""  # "the client knows this name does not exist"
 
 
-@dataclass(frozen=True, slots=True)
-class _Shared:
-    """A computed ECDS response, minus its nonce: what the memo on the snapshot holds."""
-
-    updates: tuple[tuple[str, str], ...]
-    removals: tuple[str, ...]
-    system_version: str
-    head: bytes
-    """system_version_info, resources and type_url fields; the nonce follows."""
-    tail: bytes
-    """removed_resources fields; the control plane follows."""
-
-
 def _is_noop(resource: PreparedResource) -> bool:
-    return isinstance(resource.tag, EcdsTag) and resource.tag.standin is StandIn.NOT_SELECTED
+    return isinstance(resource.tag, EcdsTag) and resource.tag.noop
 
 
 @dataclass(slots=True)
-class DeltaTypeState:
+class DeltaTypeState(TypeStateBase):
     """One resource type on one delta stream."""
 
-    type_url: str
     names: set[str] = field(default_factory=set)
-    wildcard: bool = False
     sent: dict[str, str] = field(default_factory=dict)
     """Name → version the client holds once sent responses apply; ``""`` = told absent."""
     listener_refs: dict[str, frozenset[str]] = field(default_factory=dict)
     """For LDS: the ECDS names each held listener references."""
-    in_flight: str = ""
-    in_flight_versions: dict[str, str] = field(default_factory=dict)
-    last_nonce: str = ""
-    system_version: str = ""
-    acked_version: str = ""
-    rejected: dict[str, str] = field(default_factory=dict)
-    suspects: set[str] = field(default_factory=set)
-    last_error: str = ""
-    nacks: int = 0
-    last_outcome: str = ""
-    """"ack" or "nack": how the client answered the latest response it answered."""
-    settled_on: object = None
-    """The snapshot for which nothing is left to send (see the SotW ``TypeState``)."""
-
-    @property
-    def sent_version(self) -> str:
-        return self.system_version
 
     def version_held(self, name: str) -> str | None:
-        """The version of ``name`` the client holds (as far as this stream knows)."""
         return self.sent.get(name) or None
+
+    def drop_held(self, name: str) -> None:
+        self.sent.pop(name, None)
+
+    def references(self) -> frozenset[str]:
+        return frozenset().union(*self.listener_refs.values())
 
 
 class DeltaStream(StreamProtocol[DeltaTypeState]):
     """Protocol state of one delta stream (ADS carries several types on it)."""
 
+    flavour = "delta"
+
+    def _new_state(self, type_url: str) -> DeltaTypeState:
+        return DeltaTypeState(type_url)
+
     def handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> Verdict:
         """Apply one request; subscriptions always, ACK/NACK only for the nonce in flight."""
-        if not request.type_url:
-            raise ProtocolError("type_url is required on an aggregated (ADS) stream")
-        state = self.types.get(request.type_url)
+        state = self._existing(
+            request.type_url,
+            len(request.resource_names_subscribe),
+            len(request.initial_resource_versions),
+        )
         first = state is None
         verdict = Verdict.UPDATE
         if state is None:
-            state = self.types[request.type_url] = DeltaTypeState(request.type_url)
+            state = self._add_type(request.type_url)
             state.sent.update(request.initial_resource_versions)
             state.wildcard = request.type_url in WILDCARD and not request.resource_names_subscribe
             verdict = Verdict.INITIAL
         elif state.in_flight and request.response_nonce == state.in_flight:
-            if request.HasField("error_detail"):
-                self._rejected(state, request.error_detail.message)
-                verdict = Verdict.NACK
-            else:
-                state.acked_version = state.system_version
-                verdict = Verdict.ACK
-            state.last_outcome = verdict.value
-            state.in_flight = ""
-            state.in_flight_versions = {}
+            verdict = self._answer(state, request, state.sent_version)
         elif request.response_nonce and request.response_nonce != state.last_nonce:
             verdict = Verdict.STALE  # still apply its subscription changes (spec)
         for name in request.resource_names_subscribe:
@@ -144,9 +112,9 @@ class DeltaStream(StreamProtocol[DeltaTypeState]):
                 state.wildcard = False
                 continue
             state.names.discard(name)
-            state.sent.pop(name, None)
-            state.rejected.pop(name, None)
-            state.suspects.discard(name)
+            state.forget(name)
+        # Subscriptions accumulate over requests: the bound is on the total.
+        self._check_names(request.type_url, len(state.names))
         if (
             verdict is not Verdict.ACK
             or request.resource_names_subscribe
@@ -154,30 +122,6 @@ class DeltaStream(StreamProtocol[DeltaTypeState]):
         ):
             state.settled_on = None
         return verdict
-
-    def in_flight_names(self, type_url: str) -> list[str]:
-        """Resources of the response for ``type_url`` awaiting an answer."""
-        state = self.types.get(type_url)
-        return [] if state is None else list(state.in_flight_versions)
-
-    def _rejected(self, state: DeltaTypeState, message: str) -> None:
-        state.nacks += 1
-        state.last_error = message
-        rejected = {n: v for n, v in state.in_flight_versions.items() if v != _ABSENT}
-        if len(rejected) == 1:
-            state.rejected.update(rejected)
-        else:
-            state.suspects.update(rejected)
-        for name, version in rejected.items():
-            if state.sent.get(name) == version:
-                del state.sent[name]
-
-    def _removal_blocked(self, type_url: str, name: str) -> bool:
-        listeners = self.types.get(LISTENER)
-        if type_url != ECDS or listeners is None:
-            return False
-        refs = frozenset().union(*listeners.listener_refs.values())
-        return bool(listeners.in_flight) or name in refs
 
     def _changes(
         self, state: DeltaTypeState, snapshot: Snapshot
@@ -209,74 +153,13 @@ class DeltaStream(StreamProtocol[DeltaTypeState]):
             removals.append(name)
         return updates, removals
 
-    def next_response(self, type_url: str, snapshot: Snapshot) -> bytes | None:
-        """The serialized DeltaDiscoveryResponse to send now for ``type_url``, if any."""
-        state = self.types.get(type_url)
-        if state is None or state.in_flight or state.settled_on is snapshot:
-            return None
-        state.settled_on = snapshot
-        key = self._shared_key(state)
-        if key is not None:
-            shared = snapshot.delta_responses.get(key)
-            if not isinstance(shared, _Shared):
-                # Computed from the class, the subscription and the versions held
-                # only (see _shared_key): every stream in the same state reuses it.
-                shared = self._shared(state, snapshot)
-                snapshot.delta_responses[key] = shared
-            return self._send_shared(state, shared)
+    def _response(self, state: DeltaTypeState, snapshot: Snapshot) -> PreparedResponse | None:
         updates, removals = self._changes(state, snapshot)
-        suspect = isolate_suspect(updates, state.suspects)
+        suspect = self._isolate_suspect(state, updates, len(removals))
         if suspect is not None:
-            if len(updates) + len(removals) > 1:
-                state.settled_on = None  # the rest goes once this one is answered
             updates, removals = suspect, []
         if not updates and not removals:
             return None
-        for resource in updates:
-            state.sent[resource.name] = resource.version
-            if type_url == LISTENER:
-                state.listener_refs[resource.name] = listener_references([resource])
-        for name in removals:
-            state.sent[name] = _ABSENT
-            state.listener_refs.pop(name, None)
-        nonce = self._next_nonce()
-        state.in_flight = state.last_nonce = nonce
-        state.in_flight_versions = {r.name: r.version for r in updates} | dict.fromkeys(
-            removals, _ABSENT
-        )
-        state.system_version = versions_hash({n: v for n, v in state.sent.items() if v != _ABSENT})
-        return b"".join(
-            (
-                wire.string_field(_SYSTEM_VERSION, state.system_version),
-                *(resource.delta_field for resource in updates),
-                wire.string_field(_TYPE_URL, type_url),
-                wire.string_field(_NONCE, nonce),
-                *(wire.string_field(_REMOVED, name) for name in removals),
-                self._control_plane,
-            )
-        )
-
-    # -- responses shared by every stream of a class ------------------------
-
-    def _shared_key(self, state: DeltaTypeState) -> object | None:
-        """What the next ECDS response depends on, when nothing per stream is involved.
-
-        Streams of one node class resolve to the same resources, so with the
-        same subscription and the same versions held they get the same changes
-        but for the nonce. NACKed or suspect resources, and listener mode (ECDS
-        removals wait for this stream's LDS ACK), take the regular path.
-        """
-        if state.type_url != ECDS or state.rejected or state.suspects or LISTENER in self.types:
-            return None
-        return (
-            self.node.class_key,
-            frozenset(state.names),
-            state.wildcard,
-            frozenset(state.sent.items()),
-        )
-
-    def _shared(self, state: DeltaTypeState, snapshot: Snapshot) -> _Shared:
-        updates, removals = self._changes(state, snapshot)
         sent = dict(state.sent)
         for resource in updates:
             sent[resource.name] = resource.version
@@ -291,20 +174,32 @@ class DeltaStream(StreamProtocol[DeltaTypeState]):
             )
         )
         tail = b"".join(wire.string_field(_REMOVED, name) for name in removals)
-        return _Shared(
-            tuple((r.name, r.version) for r in updates), tuple(removals), system_version, head, tail
-        )
+        return PreparedResponse(tuple(updates), tuple(removals), system_version, head, tail)
 
-    def _send_shared(self, state: DeltaTypeState, shared: _Shared) -> bytes | None:
-        """Apply a (possibly shared) response to this stream's state, as next_response does."""
-        if not shared.updates and not shared.removals:
-            return None
-        for name, version in shared.updates:
-            state.sent[name] = version
-        for name in shared.removals:
+    def _apply(self, state: DeltaTypeState, response: PreparedResponse) -> None:
+        listeners = state.type_url == LISTENER
+        for resource in response.sent:
+            state.sent[resource.name] = resource.version
+            if listeners:
+                state.listener_refs[resource.name] = references(resource)
+        for name in response.removed:
             state.sent[name] = _ABSENT
-        nonce = self._next_nonce()
-        state.in_flight = state.last_nonce = nonce
-        state.in_flight_versions = dict(shared.updates) | dict.fromkeys(shared.removals, _ABSENT)
-        state.system_version = shared.system_version
-        return shared.head + wire.string_field(_NONCE, nonce) + shared.tail + self._control_plane
+            state.listener_refs.pop(name, None)
+
+    def _shared_key(self, state: DeltaTypeState) -> ResponseKey | None:
+        """What the next ECDS response depends on, when nothing per stream is involved.
+
+        Streams of one node class resolve to the same resources, so with the
+        same subscription and the same versions held they get the same changes
+        but for the nonce.
+        """
+        if state.type_url != ECDS:
+            return None
+        # The snapshot keeps it per class, so the class is not part of the key.
+        return (
+            self.flavour,
+            state.type_url,
+            frozenset(state.names),
+            state.wildcard,
+            frozenset(state.sent.items()),
+        )

@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,17 +26,16 @@ import grpc
 import structlog
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from prometheus_client import Counter
 
 from wasmxds import __version__
-from wasmxds.metrics import Metrics
 from wasmxds.settings import HostPort
-from wasmxds.translate.node import NodeInfo, node_info_from_proto
 from wasmxds.xds import wire
 from wasmxds.xds.delta import DeltaStream
-from wasmxds.xds.protocol import ProtocolError, Verdict
+from wasmxds.xds.events import NoEvents, StreamEvents
+from wasmxds.xds.node import ClassKey, NodeInfo, node_info_from_proto
 from wasmxds.xds.snapshot import Snapshot
 from wasmxds.xds.sotw import SotwStream
+from wasmxds.xds.stream import DEFAULT_MAX_RESOURCE_NAMES, LimitExceeded, ProtocolError, Verdict
 from wasmxds.xds.types import ECDS, WILDCARD
 
 __all__ = ["Session", "TlsFiles", "XdsServer"]
@@ -45,7 +44,7 @@ log = structlog.get_logger(__name__)
 
 # Requests are parsed messages; responses are pre-assembled bytes.
 _Context = grpc.aio.ServicerContext[Any, bytes]
-Protocol = SotwStream | DeltaStream
+AnyStream = SotwStream | DeltaStream
 
 _ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 _ECDS_SERVICE = "envoy.service.extension.v3.ExtensionConfigDiscoveryService"
@@ -101,7 +100,7 @@ class Session:
     id: int
     node: NodeInfo
     peer: str
-    protocol: Protocol
+    protocol: AnyStream
     service: str
     identity: str = ""
     connected_at: float = field(default_factory=time.time)
@@ -113,7 +112,7 @@ class Session:
 
     @property
     def flavour(self) -> str:
-        return "delta" if isinstance(self.protocol, DeltaStream) else "sotw"
+        return self.protocol.flavour
 
     def ecds_names(self) -> frozenset[str]:
         state = self.protocol.types.get(ECDS)
@@ -147,27 +146,22 @@ class XdsServer:
         address: HostPort,
         root_namespace: str,
         max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
+        max_resource_names: int = DEFAULT_MAX_RESOURCE_NAMES,
         grace: float = 5.0,
         tls: TlsFiles | None = None,
-        metrics: Metrics | None = None,
+        events: StreamEvents | None = None,
     ) -> None:
         self._address = address
-        self._metrics = metrics or Metrics()
-        self._metrics.live_gauge(
-            "wasmxds_xds_connected_proxies",
-            "open xDS streams",
-            ("flavour", "service"),
-            self._connected_counts,
-        )
-        # Labelled metric children resolved once: labels() costs a locked lookup
-        # per call, and these are recorded per stream on every push.
-        self._send_to_ack = self._metrics.push_latency.labels("send_to_ack")
-        self._change_to_send = self._metrics.push_latency.labels("change_to_send")
-        self._pushes: dict[tuple[str, str], Counter] = {}
+        self._events: StreamEvents = events or NoEvents()
+        self._events.watch_streams(self._connected_counts)
         self._max_receive_bytes = max_receive_bytes
+        self._max_resource_names = max_resource_names
         self._grace = grace
         self._tls = tls
+        self._classes: dict[ClassKey, int] = {}
+        """Node class → open streams of it; snapshots memoize for these classes only."""
         self._snapshot = Snapshot.empty(root_namespace)
+        self._snapshot.limit_memos_to(self._classes)
         self._has_snapshot = asyncio.Event()
         self._sessions: dict[int, Session] = {}
         self._by_name: dict[str, set[Session]] = {}
@@ -196,6 +190,10 @@ class XdsServer:
     def publish(self, snapshot: Snapshot) -> int:
         """Make ``snapshot`` current and wake the streams it affects; returns how many."""
         previous, self._snapshot = self._snapshot, snapshot
+        snapshot.limit_memos_to(self._classes)
+        if previous is not snapshot:
+            # Streams only compare against an old snapshot now; its memos are dead weight.
+            previous.release()
         first = not self._has_snapshot.is_set()
         self._has_snapshot.set()
         if first:
@@ -286,29 +284,40 @@ class XdsServer:
     async def _ecds_delta(self, requests: AsyncIterator[Any], context: _Context) -> None:
         await self._serve(context, delta=True, service="ecds", default_type=ECDS)
 
-    def _index(self, session: Session, before: frozenset[str]) -> None:
-        after = session.ecds_names()
-        if after != before:
-            for name in before - after:
-                holders = self._by_name.get(name)
-                if holders is not None:
-                    holders.discard(session)
-                    if not holders:
-                        del self._by_name[name]
-            for name in after - before:
-                self._by_name.setdefault(name, set()).add(session)
-        if session.watches_wildcard():
-            self._wildcard.add(session)
-
-    def _forget(self, session: Session) -> None:
-        for name in session.ecds_names():
+    def _unindex(self, session: Session, names: Iterable[str]) -> None:
+        for name in names:
             holders = self._by_name.get(name)
             if holders is not None:
                 holders.discard(session)
                 if not holders:
                     del self._by_name[name]
+
+    def _index(self, session: Session, before: frozenset[str]) -> None:
+        after = session.ecds_names()
+        if after != before:
+            self._unindex(session, before - after)
+            for name in after - before:
+                self._by_name.setdefault(name, set()).add(session)
+        if session.watches_wildcard():
+            self._wildcard.add(session)
+
+    def _register(self, session: Session) -> None:
+        self._sessions[session.id] = session
+        key = session.node.class_key
+        self._classes[key] = self._classes.get(key, 0) + 1
+
+    def _forget(self, session: Session) -> None:
+        if self._sessions.pop(session.id, None) is not None:
+            key = session.node.class_key
+            left = self._classes[key] - 1
+            if left:
+                self._classes[key] = left
+            else:
+                # Nothing per class outlives the class's last stream.
+                del self._classes[key]
+                self._snapshot.forget_class(key)
+        self._unindex(session, session.ecds_names())
         self._wildcard.discard(session)
-        self._sessions.pop(session.id, None)
 
     def _handle(self, session: Session, request: Any, default_type: str) -> None:
         if default_type and not request.type_url:
@@ -324,11 +333,10 @@ class XdsServer:
         if verdict is Verdict.ACK:
             sent = session.sent_at.pop(request.type_url, None)
             if sent is not None:
-                self._send_to_ack.observe(time.monotonic() - sent)
+                self._events.on_ack(request.type_url, time.monotonic() - sent)
         elif verdict is Verdict.NACK:
             session.sent_at.pop(request.type_url, None)
-            for name in answered:
-                self._metrics.nacks.labels(request.type_url, name).inc()
+            self._events.on_nack(request.type_url, answered)
             log.warning(
                 "xds.nack",
                 node=session.node.id,
@@ -362,13 +370,8 @@ class XdsServer:
             await context.write(payload)
             now = time.monotonic()
             session.sent_at[type_url] = now
-            key = (type_url, session.flavour)
-            pushes = self._pushes.get(key)
-            if pushes is None:
-                pushes = self._pushes[key] = self._metrics.pushes.labels(*key)
-            pushes.inc()
-            if changed_at is not None:
-                self._change_to_send.observe(now - changed_at)
+            since_change = None if changed_at is None else now - changed_at
+            self._events.on_push(type_url, session.protocol.flavour, since_change)
 
     async def _serve(
         self, context: _Context, *, delta: bool, service: str, default_type: str
@@ -383,10 +386,18 @@ class XdsServer:
         node = node_info_from_proto(first.node)
         # Until the sources have been read once, every answer would be "nothing".
         await self._has_snapshot.wait()
-        protocol: Protocol = (
-            DeltaStream(node, control_plane=self._delta_control_plane)
+        protocol: AnyStream = (
+            DeltaStream(
+                node,
+                control_plane=self._delta_control_plane,
+                max_names=self._max_resource_names,
+            )
             if delta
-            else SotwStream(node, control_plane=self._sotw_control_plane)
+            else SotwStream(
+                node,
+                control_plane=self._sotw_control_plane,
+                max_names=self._max_resource_names,
+            )
         )
         session = Session(
             id=next(self._ids),
@@ -396,7 +407,7 @@ class XdsServer:
             service=service,
             identity=_peer_identity(context) if self._tls else "",
         )
-        self._sessions[session.id] = session
+        self._register(session)
         log.info(
             "xds.connected",
             node=node.id,
@@ -418,6 +429,9 @@ class XdsServer:
                     return
                 await session.wake.wait()
                 session.wake.clear()
+        except LimitExceeded as exc:
+            log.warning("xds.refused", node=node.id, peer=session.peer, reason=str(exc))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except ProtocolError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         finally:

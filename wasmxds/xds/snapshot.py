@@ -1,77 +1,130 @@
 """Immutable, versioned desired state: what every proxy should hold right now.
 
-A snapshot is built once per reconcile and then only read. Per proxy it
-answers "what does resource X look like for you". Everything per proxy is
-computed once per node class (same namespace and labels) and shared by every
-stream of that class; identical resources are serialized once and shared
+A snapshot is built once per reconcile (by the translate stage:
+:func:`wasmxds.translate.snapshot.build_snapshot`) and then only read. Per
+proxy it answers "what does resource X look like for you". What differs per
+proxy (whether a plugin applies, its listeners and clusters) is decided by the
+:class:`Translation` the translate stage hands over; the snapshot asks it once
+per node class (same namespace and labels) and shares the answer with every
+stream of that class. Identical resources are serialized once and shared
 across classes too.
+
+Per-class memos are bounded by what is connected, not by what ever connected:
+the server limits them to classes with an open stream
+(:meth:`Snapshot.limit_memos_to`), drops a class's memo when its last stream
+goes (:meth:`Snapshot.forget_class`) and a whole snapshot's memos once a newer
+one is published (:meth:`Snapshot.release`). Names no plugin has are never
+memoized, and the responses shared within a class are capped.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import weakref
+from collections.abc import Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from google.protobuf import message
 
-from wasmxds.api.templates import Templates
-from wasmxds.translate.filters import FilterKind, StandIn
-from wasmxds.translate.listeners import (
-    PlacedPlugin,
-    build_listener,
-    order_plugins,
-    placed_plugin,
-    referenced_names,
+from wasmxds.xds.node import ClassKey, NodeInfo
+from wasmxds.xds.resources import (
+    EcdsTag,
+    ListenerTag,
+    PreparedResource,
+    PreparedResponse,
+    ResponseKey,
+    prepare,
 )
-from wasmxds.translate.node import NodeInfo
-from wasmxds.translate.plugins import PluginResources, not_selected_config
-from wasmxds.translate.targeting import applies_to
-from wasmxds.xds.resources import PreparedResource, prepare
 from wasmxds.xds.types import CLUSTER, ECDS, LISTENER
 
 __all__ = [
+    "MAX_SHARED_RESPONSES",
+    "BuiltResource",
+    "ClassResources",
     "EcdsEntry",
-    "EcdsTag",
-    "ListenerTag",
     "Snapshot",
-    "build_snapshot",
+    "Translation",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class EcdsTag:
-    """What a prepared ECDS resource is: which chain it belongs to and whether it is a stand-in."""
-
-    kind: FilterKind
-    standin: StandIn | None
-
-
-@dataclass(frozen=True, slots=True)
-class ListenerTag:
-    """The ECDS names a prepared listener references."""
-
-    references: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class EcdsEntry:
     """A plugin's two faces: for proxies it applies to, and the no-op for the others."""
 
-    source: PluginResources
     active: PreparedResource
     noop: PreparedResource
-    placement: PlacedPlugin
+    fingerprint: tuple[str, ...]
+    """Changes whenever what any proxy may get under this name does."""
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltResource:
+    """A listener or cluster the translate stage built for a node class, not yet serialized."""
+
+    name: str
+    message: message.Message
+    tag: ListenerTag | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClassResources:
+    """Everything of listener mode one node class gets."""
+
+    listeners: Sequence[BuiltResource] = ()
+    clusters: Sequence[BuiltResource] = ()
+
+
+class Translation(Protocol):
+    """What the translate stage decides per node; the snapshot asks once per class and keeps it."""
 
     @property
-    def fingerprint(self) -> tuple[str, str, str]:
-        return (self.active.version, self.noop.version, self.source.plugin.fingerprint)
+    def listeners_version(self) -> str:
+        """Changes whenever any proxy's listeners or clusters may."""
+        ...
+
+    def applies(self, name: str, node: NodeInfo) -> bool:
+        """Whether the plugin behind ECDS resource ``name`` applies to ``node``."""
+        ...
+
+    def class_resources(self, node: NodeInfo) -> ClassResources:
+        """The listeners and clusters for ``node``'s class (listener mode)."""
+        ...
+
+
+class _Nothing:
+    """The translation of an empty snapshot: no plugin, no listener."""
+
+    listeners_version = ""
+
+    def applies(self, name: str, node: NodeInfo) -> bool:
+        return False
+
+    def class_resources(self, node: NodeInfo) -> ClassResources:
+        return ClassResources()
 
 
 @dataclass(frozen=True, slots=True)
 class _NodeResources:
     listeners: dict[str, PreparedResource]
     clusters: dict[str, PreparedResource]
+
+
+# Responses one class shares are kept per (subscription, what is held). Streams
+# of a class are usually all in one state after a push, so a handful is the
+# working set; the cap only stops a stream that churns its subscription from
+# growing the memo (an evicted response is recomputed, never wrong).
+MAX_SHARED_RESPONSES = 64
+
+
+@dataclass(slots=True)
+class _ClassMemo:
+    """What one node class resolved to in one snapshot."""
+
+    ecds: dict[str, PreparedResource] = field(default_factory=dict)
+    """Only names a plugin has: a client cannot grow it by asking for others."""
+    resources: _NodeResources | None = None
+    responses: dict[ResponseKey, PreparedResponse] = field(default_factory=dict)
 
 
 class Snapshot:
@@ -84,7 +137,7 @@ class Snapshot:
         pending: frozenset[str],
         root_namespace: str,
         sequence: int,
-        templates: Templates | None = None,
+        translation: Translation | None = None,
         changed_at: float | None = None,
     ) -> None:
         self.ecds = dict(ecds)
@@ -92,94 +145,121 @@ class Snapshot:
         """When (monotonic clock) the change this snapshot answers was first seen."""
         self.pending = pending
         self.root_namespace = root_namespace
+        """The namespace whose plugins apply to every proxy (kept for the next build)."""
         self.sequence = sequence
-        self.templates = templates or Templates()
+        self.translation: Translation = translation or _Nothing()
+        # Listeners depend on templates and on where plugins go, never on their
+        # module or configuration: an ECDS-only change leaves listeners alone.
+        self.listeners_version = self.translation.listeners_version
         digest = hashlib.sha256()
         for name in sorted(self.ecds):
             digest.update("\0".join((name, *self.ecds[name].fingerprint)).encode())
         for name in sorted(pending):
             digest.update(f"\0pending\0{name}".encode())
-        digest.update(self.templates.version.encode())
+        digest.update(self.listeners_version.encode())
         self.version = digest.hexdigest()[:12]
-        # Listeners depend on templates and on where plugins go, never on their
-        # module or configuration: an ECDS-only change leaves listeners alone.
-        placement = hashlib.sha256(self.templates.version.encode())
-        for name in sorted(self.ecds):
-            entry = self.ecds[name]
-            spec = entry.source.plugin.spec
-            placement.update(repr(entry.placement).encode())
-            # Targeting decides which proxies' listeners reference the plugin.
-            placement.update(spec.selector.SerializeToString(deterministic=True))
-            placement.update(spec.targetRef.SerializeToString(deterministic=True))
-            for ref in spec.targetRefs:
-                placement.update(ref.SerializeToString(deterministic=True))
-        self.listeners_version = placement.hexdigest()[:12]
-        self._ecds_memo: dict[tuple[object, str], PreparedResource | None] = {}
-        self._node_memo: dict[object, _NodeResources] = {}
-        self._shared: dict[tuple[str, bytes], PreparedResource] = {}
-        self._noops: dict[tuple[str, FilterKind], PreparedResource] = {}
-        self.sotw_responses: dict[object, object] = {}
-        """For :mod:`wasmxds.xds.sotw`: responses computed for one stream, reused by every
-        stream of the same class in the same state (see ``SotwStream._shared_key``)."""
-        self.delta_responses: dict[object, object] = {}
-        """The same for :mod:`wasmxds.xds.delta` (``DeltaStream._shared_key``)."""
+        self._classes: dict[ClassKey, _ClassMemo] = {}
+        self._live: Container[ClassKey] | None = None
+        # Listeners identical across classes share one prepared resource; it
+        # lives as long as some class memo holds it.
+        self._shared: weakref.WeakValueDictionary[tuple[str, bytes], PreparedResource] = (
+            weakref.WeakValueDictionary()
+        )
 
     @classmethod
     def empty(cls, root_namespace: str) -> Snapshot:
         return cls(ecds={}, pending=frozenset(), root_namespace=root_namespace, sequence=0)
 
+    # -- per-class memos ----------------------------------------------------
+
+    def _memo(self, node: NodeInfo) -> _ClassMemo | None:
+        """The memo of ``node``'s class; None when the class is not to be memoized."""
+        key = node.class_key
+        found = self._classes.get(key)
+        if found is None and (self._live is None or key in self._live):
+            found = self._classes[key] = _ClassMemo()
+        return found
+
+    def limit_memos_to(self, live: Container[ClassKey]) -> None:
+        """Memoize only classes in ``live`` (a view the caller keeps current).
+
+        Anything else that resolves for a node (an admin page asking about
+        arbitrary labels) computes afresh instead of leaving a memo behind.
+        """
+        self._live = live
+
+    def forget_class(self, class_key: ClassKey) -> None:
+        """Drop everything memoized for a class (its last stream is gone)."""
+        self._classes.pop(class_key, None)
+
+    def release(self) -> None:
+        """Drop every memo, and make no more: a newer snapshot is current."""
+        self._classes.clear()
+        self._live = frozenset()
+
+    @property
+    def memoized_classes(self) -> int:
+        """How many node classes hold memos in this snapshot."""
+        return len(self._classes)
+
+    def shared_responses(self, node: NodeInfo) -> int:
+        """How many responses ``node``'s class keeps for its streams to share."""
+        memo = self._classes.get(node.class_key)
+        return 0 if memo is None else len(memo.responses)
+
+    def shared_response(self, node: NodeInfo, key: ResponseKey) -> PreparedResponse | None:
+        """A response another stream of ``node``'s class computed under ``key``."""
+        memo = self._classes.get(node.class_key)
+        return None if memo is None else memo.responses.get(key)
+
+    def share_response(self, node: NodeInfo, key: ResponseKey, response: PreparedResponse) -> None:
+        """Keep ``response`` for the other streams of ``node``'s class (oldest evicted)."""
+        memo = self._memo(node)
+        if memo is None:
+            return
+        responses = memo.responses
+        if key not in responses and len(responses) >= MAX_SHARED_RESPONSES:
+            del responses[next(iter(responses))]
+        responses[key] = response
+
     # -- ECDS ---------------------------------------------------------------
 
     def ecds_for(self, node: NodeInfo, name: str) -> PreparedResource | None:
         """The resource ``node`` should hold under ``name``; None when no plugin has that name."""
-        key = (node.class_key, name)
-        try:
-            return self._ecds_memo[key]
-        except KeyError:
-            pass
         entry = self.ecds.get(name)
-        result: PreparedResource | None = None
-        if entry is not None:
-            applies = applies_to(entry.source.plugin, node, self.root_namespace)
-            result = entry.active if applies else entry.noop
-        self._ecds_memo[key] = result
+        if entry is None:
+            return None
+        memo = self._memo(node)
+        if memo is not None:
+            found = memo.ecds.get(name)
+            if found is not None:
+                return found
+        result = entry.active if self.translation.applies(name, node) else entry.noop
+        if memo is not None:
+            memo.ecds[name] = result
         return result
 
     # -- listener mode ------------------------------------------------------
 
-    def _shared_prepare(self, name: str, msg: message.Message, tag: object) -> PreparedResource:
-        key = (name, msg.SerializeToString(deterministic=True))
+    def _shared_prepare(self, built: BuiltResource) -> PreparedResource:
+        key = (built.name, built.message.SerializeToString(deterministic=True))
         found = self._shared.get(key)
         if found is None:
-            found = self._shared[key] = prepare(name, msg, tag=tag)
+            found = self._shared[key] = prepare(built.name, built.message, tag=built.tag)
         return found
 
     def _node_resources(self, node: NodeInfo) -> _NodeResources:
-        found = self._node_memo.get(node.class_key)
-        if found is not None:
-            return found
-        applicable = [
-            entry.placement
-            for entry in self.ecds.values()
-            if applies_to(entry.source.plugin, node, self.root_namespace)
-        ]
-        phases = order_plugins(applicable, node.namespace, self.root_namespace)
-        listeners: dict[str, PreparedResource] = {}
-        for template in self.templates.listeners:
-            name = template.listener.name
-            if name in listeners or not template.nodes.matches(node.namespace, node.labels):
-                continue
-            listener = build_listener(template, phases)
-            tag = ListenerTag(referenced_names(listener))
-            listeners[name] = self._shared_prepare(name, listener, tag)
-        clusters: dict[str, PreparedResource] = {}
-        for cluster_template in self.templates.clusters:
-            name = cluster_template.cluster.name
-            if name in clusters or not cluster_template.nodes.matches(node.namespace, node.labels):
-                continue
-            clusters[name] = self._shared_prepare(name, cluster_template.cluster, None)
-        found = self._node_memo[node.class_key] = _NodeResources(listeners, clusters)
-        return found
+        memo = self._memo(node)
+        if memo is not None and memo.resources is not None:
+            return memo.resources
+        built = self.translation.class_resources(node)
+        resources = _NodeResources(
+            {listener.name: self._shared_prepare(listener) for listener in built.listeners},
+            {cluster.name: self._shared_prepare(cluster) for cluster in built.clusters},
+        )
+        if memo is not None:
+            memo.resources = resources
+        return resources
 
     # -- what streams ask ---------------------------------------------------
 
@@ -209,25 +289,14 @@ class Snapshot:
         """True while a plugin of that name exists but its module's first fetch is running."""
         return type_url == ECDS and name in self.pending
 
-    def removed_placeholder(self, name: str, held: PreparedResource) -> PreparedResource | None:
+    @staticmethod
+    def removed_placeholder(held: PreparedResource) -> PreparedResource | None:
         """What replaces a resource whose plugin is gone, on streams that cannot delete (SotW).
 
         SotW ECDS has no removal: the proxy would keep running the deleted plugin.
         It gets the no-op of the same chain instead, so the plugin stops.
         """
-        tag = held.tag
-        if not isinstance(tag, EcdsTag) or tag.standin is StandIn.NOT_SELECTED:
-            return None
-        key = (name, tag.kind)
-        noop = self._noops.get(key)
-        if noop is None:
-            noop = prepare(
-                name,
-                not_selected_config(name, tag.kind),
-                tag=EcdsTag(tag.kind, StandIn.NOT_SELECTED),
-            )
-            self._noops[key] = noop
-        return noop
+        return held.tag.placeholder if isinstance(held.tag, EcdsTag) else None
 
     def changed_names(self, previous: Snapshot) -> set[str]:
         """ECDS names whose resources may differ between ``previous`` and this snapshot."""
@@ -241,45 +310,3 @@ class Snapshot:
     def listeners_changed(self, previous: Snapshot) -> bool:
         """Whether any proxy's listeners or clusters may differ from ``previous``."""
         return self.listeners_version != previous.listeners_version
-
-
-def _prepare_entry(source: PluginResources, previous: EcdsEntry | None) -> EcdsEntry:
-    name = source.plugin.resource_name
-    if previous is not None and previous.source.config == source.config:
-        active = previous.active
-    else:
-        active = prepare(name, source.config, tag=EcdsTag(source.kind, source.standin))
-    if previous is not None and previous.source.kind is source.kind:
-        noop = previous.noop
-    else:
-        noop = prepare(
-            name,
-            not_selected_config(name, source.kind),
-            tag=EcdsTag(source.kind, StandIn.NOT_SELECTED),
-        )
-    return EcdsEntry(
-        source=source, active=active, noop=noop, placement=placed_plugin(source.plugin)
-    )
-
-
-def build_snapshot(
-    plugins: Iterable[PluginResources],
-    *,
-    pending: Iterable[str],
-    previous: Snapshot,
-    templates: Templates | None = None,
-    changed_at: float | None = None,
-) -> Snapshot:
-    """Prepare every plugin's resources, reusing the previous snapshot's bytes where unchanged."""
-    entries = {}
-    for source in plugins:
-        name = source.plugin.resource_name
-        entries[name] = _prepare_entry(source, previous.ecds.get(name))
-    return Snapshot(
-        ecds=entries,
-        pending=frozenset(pending) - entries.keys(),
-        root_namespace=previous.root_namespace,
-        sequence=previous.sequence + 1,
-        templates=templates if templates is not None else previous.templates,
-        changed_at=changed_at,
-    )

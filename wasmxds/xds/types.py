@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from wasmxds.translate.typeurls import TYPED_EXTENSION_CONFIG, type_url
-
 __all__ = ["CLUSTER", "ECDS", "FULL_STATE", "LISTENER", "SEND_ORDER", "WILDCARD"]
 
-ECDS = TYPED_EXTENSION_CONFIG
-LISTENER = type_url("envoy.config.listener.v3.Listener")
-CLUSTER = type_url("envoy.config.cluster.v3.Cluster")
+# Spelled out rather than imported from translate/: the xDS layer serves
+# whatever the translate stage built and depends on nothing of it.
+ECDS = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 
 # Types whose SotW responses must carry every resource (xds_protocol: LDS and CDS).
 FULL_STATE = frozenset({LISTENER, CLUSTER})

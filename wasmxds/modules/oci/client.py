@@ -21,7 +21,10 @@ Behaviour:
   anyone on the path downgrade the connection and read the credentials.)
 - **Retries**: transport errors, 429 and 5xx (except 501/505/511) are retried
   ``tries`` times with backoff; everything else fails at once, saying whether
-  a later retry could help.
+  a later retry could help. A registry or token service below the minimum
+  transfer rate, or timing out (silent, not connecting, a stalled TLS
+  handshake), fails at once (retryable later, outside the download slot),
+  naming the request.
 - **Limits**: every body is read with a cap, compressed transfer encodings are
   refused (no decompression bombs through Content-Encoding), blobs are checked
   against their digest and size.
@@ -34,8 +37,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Self
+from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -43,19 +45,29 @@ import structlog
 
 from wasmxds.api.dockerconfig import RegistryCredentials
 from wasmxds.errors import (
-    BlockedAddressError,
     DigestMismatchError,
     FetchError,
     ModuleError,
     ModuleTooLargeError,
     RegistryAuthError,
 )
-from wasmxds.modules.http import FetcherSettings
+from wasmxds.modules.download import (
+    Downloader,
+    Saved,
+    TryAgain,
+    httpx_errors,
+    read_capped,
+    retry_later,
+    retry_now,
+    retrying,
+    save_capped,
+)
 from wasmxds.modules.oci.auth import Token, basic_header, check_realm, parse_challenges, parse_token
 from wasmxds.modules.oci.reference import Reference
+from wasmxds.modules.progress import excused
+from wasmxds.modules.settings import FetcherSettings
 from wasmxds.modules.ssrf import AddressResolver
 from wasmxds.modules.transport import (
-    guarded_client,
     plain_http_answer,
     tls_verification_failure,
 )
@@ -67,8 +79,6 @@ log = structlog.get_logger(__name__)
 # distribution refuses manifests over 4 MiB; anything bigger is not a manifest.
 MAX_MANIFEST_BYTES = 4 << 20
 _MAX_SMALL_BODY = 1 << 20
-_PERMANENT_5XX = frozenset({501, 505, 511})
-_LATER_4XX = frozenset({401, 403, 404, 408, 425, 429})
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,17 +105,28 @@ class _Reply:
     headers: httpx.Headers
     body: bytes
     url: httpx.URL
+    saved: Saved | None = None  # a 200 answer written to disk instead of ``body``
 
 
-class _TryAgain(Exception):
-    """An attempt failed in a way worth retrying at once (internal)."""
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """How to read an answer: at most ``limit`` bytes, into a file in ``spool`` if given."""
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
+    limit: int
+    too_large: Callable[[int], ModuleError] | None
+    spool: Path | None
+
+    def over(self, _announced: int | None) -> ModuleError:
+        if self.too_large is not None:
+            return self.too_large(self.limit)
+        return FetchError(f"answer larger than {self.limit} bytes", retryable=False)
 
 
-class RegistryClient:
+class _SpeaksPlainHttp(Exception):
+    """An insecure registry answered TLS with plain HTTP: ask again over HTTP (internal)."""
+
+
+class RegistryClient(Downloader):
     """One connection pool for every registry; :meth:`repository` scopes it to an image."""
 
     def __init__(
@@ -114,28 +135,15 @@ class RegistryClient:
         settings: FetcherSettings | None = None,
         address_resolver: AddressResolver | None = None,
     ) -> None:
-        self.settings = settings or FetcherSettings()
         # Blobs are verified by digest as sent, so no transfer encoding is asked for.
-        self.http, self._insecure = guarded_client(
-            self.settings, accept_encoding="identity", address_resolver=address_resolver
+        super().__init__(
+            settings or FetcherSettings(),
+            accept_encoding="identity",
+            address_resolver=address_resolver,
         )
         # Insecure registries found to speak plain HTTP (host[:port]).
         self._plain: set[str] = set()
         self._auth: dict[tuple[str, str, bool, RegistryCredentials | None], _AuthState] = {}
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
 
     def repository(
         self, ref: Reference, credentials: Credentials, *, shown: str = "", push: bool = False
@@ -148,7 +156,7 @@ class RegistryClient:
 
     def is_insecure(self, host: str) -> bool:
         url = httpx.URL(f"https://{host}/")
-        return self._insecure.matches(url)
+        return self.insecure.matches(url)
 
     def mark_plain(self, host: str) -> None:
         self._plain.add(host)
@@ -209,40 +217,49 @@ class Repository:
             headers={"Accept": ", ".join(accept)},
             limit=MAX_MANIFEST_BYTES,
             too_large=lambda n: FetchError(
-                f"{self._shown}: manifest is larger than {n} bytes", retryable=False
+                f"manifest is larger than {n} bytes",
+                retryable=False,
+                url=self._shown,
             ),
         )
         digest = hashlib.sha256(reply.body).hexdigest()
         if identifier.startswith("sha256:") and identifier != f"sha256:{digest}":
             raise DigestMismatchError(
-                f"{self._shown}: the registry returned a manifest with digest sha256:{digest}"
-                f" for {identifier}"
+                f"the registry returned a manifest with digest sha256:{digest} for {identifier}",
+                url=self._shown,
             )
         content_type = reply.headers.get("content-type", "")
         return ManifestData(reply.body, digest, content_type)
 
-    async def blob(self, digest: str, size: int, *, max_size: int) -> bytes:
-        """GET a blob; refused when over ``max_size`` or when it differs from its digest."""
+    async def blob(self, digest: str, size: int, *, max_size: int, spool: Path) -> Path:
+        """GET a blob into a new file in ``spool`` (the caller owns it); refused when over
+        ``max_size`` or when it differs from its digest."""
         label = f"layer sha256:{digest[:12]}"
         if size > max_size:
             raise ModuleTooLargeError(
-                f"{self._shown}: {label} is {size} bytes, over the {max_size}-byte limit"
+                f"{label} is {size} bytes, over the {max_size}-byte limit",
+                url=self._shown,
             )
         reply = await self._call(
             "GET",
             f"blobs/sha256:{digest}",
             limit=size,
+            spool=spool,
             too_large=lambda n: DigestMismatchError(
-                f"{self._shown}: {label} is larger than the {n} bytes its descriptor says"
+                f"{label} is larger than the {n} bytes its descriptor says",
+                url=self._shown,
             ),
         )
-        actual = await asyncio.to_thread(lambda: hashlib.sha256(reply.body).hexdigest())
-        if actual != digest or len(reply.body) != size:
+        saved = reply.saved
+        assert saved is not None  # a 200 with a spool is always saved
+        if saved.digest != digest or saved.size != size:
+            await asyncio.to_thread(saved.path.unlink, missing_ok=True)
             raise DigestMismatchError(
-                f"{self._shown}: {label} downloaded as {len(reply.body)} bytes with digest"
-                f" sha256:{actual[:12]}, not the {size} bytes the manifest describes"
+                f"{label} downloaded as {saved.size} bytes with digest"
+                f" sha256:{saved.digest[:12]}, not the {size} bytes the manifest describes",
+                url=self._shown,
             )
-        return reply.body
+        return saved.path
 
     async def blob_exists(self, digest: str) -> bool:
         reply = await self._call("HEAD", f"blobs/sha256:{digest}", ok=(200, 404))
@@ -256,7 +273,7 @@ class Repository:
         started = await self._call("POST", "blobs/uploads/", ok=(202,), content=b"")
         location = started.headers.get("location")
         if not location:
-            raise FetchError(f"{self._shown}: the registry started an upload without a Location")
+            raise FetchError("the registry started an upload without a Location", url=self._shown)
         target = httpx.URL(urljoin(str(started.url), location))
         target = target.copy_merge_params({"digest": f"sha256:{digest}"})
         await self._call(
@@ -297,32 +314,30 @@ class Repository:
         ok: Sequence[int] = (200,),
         limit: int = _MAX_SMALL_BODY,
         too_large: Callable[[int], ModuleError] | None = None,
+        spool: Path | None = None,
     ) -> _Reply:
-        settings = self._client.settings
-        tries = settings.tries
         authenticated = False
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                reply = await self._once(method, path, headers, content, limit, too_large)
-            except _TryAgain as again:
-                if attempt >= tries:
-                    noun = "attempt" if tries == 1 else "attempts"
-                    raise FetchError(
-                        f"{self._shown}: {again.detail} (after {tries} {noun})"
-                    ) from again.__cause__
-                log.debug("oci.retry", url=self._shown, attempt=attempt, error=again.detail)
-                await asyncio.sleep(settings.backoff.delay(attempt))
-                continue
+        body = _Body(limit, too_large, spool)
+
+        async def attempt() -> _Reply:
+            nonlocal authenticated
+            reply = await self._once(method, path, headers, content, body)
             if reply.status == 401 and not authenticated:
+                # The challenge round trip is part of this attempt, not a failed one.
                 await self._authenticate(reply)
                 authenticated = True
-                attempt -= 1  # the challenge round trip is not a failed attempt
-                continue
-            if reply.status in ok:
-                return reply
-            raise self._status_error(method, reply)
+                reply = await self._once(method, path, headers, content, body)
+            return reply
+
+        reply = await retrying(
+            attempt,
+            settings=self._client.settings,
+            url=self._shown,
+            summary=lambda detail, tries: f"{detail} (after {tries})",
+        )
+        if reply.status in ok:
+            return reply
+        raise self._status_error(method, reply)
 
     async def _once(
         self,
@@ -330,70 +345,67 @@ class Repository:
         path: str,
         headers: dict[str, str] | None,
         content: bytes | None,
-        limit: int,
-        too_large: Callable[[int], ModuleError] | None,
+        body: _Body,
     ) -> _Reply:
         url = self._url(path)
         request_headers = dict(headers or {})
         auth = self._state.header()
         if auth is not None and _host_of(url) == self._host:
             request_headers["Authorization"] = auth
-        try:
-            async with self._client.http.stream(
-                method, url, headers=request_headers, content=content
-            ) as response:
-                status = response.status_code
-                if (status >= 500 and status not in _PERMANENT_5XX) or status == 429:
-                    raise _TryAgain(f"{method} {_path_of(response.url)}: HTTP {status}")
-                body = b"" if method == "HEAD" else await _read(response, limit, too_large)
-                return _Reply(status, response.headers, body, response.url)
-        except BlockedAddressError as exc:
-            raise BlockedAddressError(f"{self._shown}: {exc}") from exc
-        except httpx.TooManyRedirects as exc:
-            raise FetchError(f"{self._shown}: too many redirects", retryable=False) from exc
-        except httpx.TimeoutException as exc:
-            raise _TryAgain(f"{method} {_path_of(httpx.URL(url))}: timed out") from exc
-        except httpx.TransportError as exc:
-            return await self._transport_failure(
-                exc, method, path, headers, content, limit, too_large
-            )
 
-    async def _transport_failure(
-        self,
-        exc: httpx.TransportError,
-        method: str,
-        path: str,
-        headers: dict[str, str] | None,
-        content: bytes | None,
-        limit: int,
-        too_large: Callable[[int], ModuleError] | None,
-    ) -> _Reply:
+        try:
+            with httpx_errors(
+                self._shown,
+                self._client.settings,
+                where=f"{method} {_path_of(httpx.URL(url))}",
+                unreachable=self._unreachable,
+            ):
+                async with self._client.http.stream(
+                    method, url, headers=request_headers, content=content
+                ) as response:
+                    status = response.status_code
+                    if retry_now(status) or status == 429:
+                        raise TryAgain(f"{method} {_path_of(response.url)}: HTTP {status}")
+                    reply = _Reply(status, response.headers, b"", response.url)
+                    if method == "HEAD":
+                        return reply
+                    if status == 200 and body.spool is not None:
+                        reply.saved = await save_capped(response, body.spool, body.limit, body.over)
+                    else:
+                        reply.body = await read_capped(response, body.limit, body.over)
+                    return reply
+        except _SpeaksPlainHttp:
+            return await self._once(method, path, headers, content, body)
+
+    def _unreachable(self, exc: httpx.TransportError) -> BaseException:
         host = self._host
         if plain_http_answer(exc) and self._client.scheme_for(host) == "https":
             if self._client.is_insecure(host):
                 log.info("oci.plain_http", registry=host)
                 self._client.mark_plain(host)
-                return await self._once(method, path, headers, content, limit, too_large)
-            raise FetchError(
-                f"{self._shown}: registry {host} answered HTTPS with plain HTTP; to allow plain"
+                return _SpeaksPlainHttp()
+            return FetchError(
+                f"registry {host} answered HTTPS with plain HTTP; to allow plain"
                 f" HTTP for it, list it with --insecure-registry {host}",
                 retryable=False,
-            ) from exc
+            )
         reason = tls_verification_failure(exc)
         if reason is not None:
-            raise FetchError(
-                f"{self._shown}: TLS certificate verification failed for {host} ({reason}); trust"
+            return FetchError(
+                f"TLS certificate verification failed for {host} ({reason}); trust"
                 " its CA with --registry-ca FILE or list it with --insecure-registry"
-            ) from exc
+            )
         detail = str(exc) or type(exc).__name__
-        raise _TryAgain(f"cannot reach registry {host}: {detail}") from exc
+        return TryAgain(f"cannot reach registry {host}: {detail}")
 
     async def _authenticate(self, reply: _Reply) -> None:
         challenges = parse_challenges(reply.headers.get_list("www-authenticate"))
         bearer = next((c for c in challenges if c.scheme == "bearer"), None)
         basic = next((c for c in challenges if c.scheme == "basic"), None)
         creds = self._credentials.value
-        async with self._state.lock:
+        async with excused():
+            await self._state.lock.acquire()  # another pull may be fetching the token
+        try:
             if bearer is not None and bearer.realm:
                 check_realm(bearer.realm, self._host)
                 if creds is not None and creds.registry_token:
@@ -404,14 +416,18 @@ class Repository:
             if basic is not None or not challenges:
                 if creds is None or not creds.has_basic:
                     raise RegistryAuthError(
-                        f"{self._shown}: registry {self._host} requires a username and password;"
-                        f" {self._credentials.source} has none for it"
+                        f"registry {self._host} requires a username and password;"
+                        f" {self._credentials.source} has none for it",
+                        url=self._shown,
                     )
                 self._state.basic = basic_header(creds)
                 return
+        finally:
+            self._state.lock.release()
         schemes = ", ".join(c.scheme for c in challenges)
         raise RegistryAuthError(
-            f"{self._shown}: registry {self._host} asks for unsupported auth scheme(s): {schemes}"
+            f"registry {self._host} asks for unsupported auth scheme(s): {schemes}",
+            url=self._shown,
         )
 
     async def _fetch_token(self, realm: str, params: dict[str, str]) -> Token:
@@ -427,7 +443,12 @@ class Repository:
             query.insert(0, ("service", params["service"]))
         headers: dict[str, str] = {}
         realm_host = _host_of(realm)
-        try:
+        where = f"the token service on {realm_host}"
+
+        def unreachable(exc: httpx.TransportError) -> BaseException:
+            return FetchError(f"cannot reach {where}: {type(exc).__name__}")
+
+        with httpx_errors(self._shown, self._client.settings, where=where, unreachable=unreachable):
             if creds is not None and creds.identity_token:
                 # OAuth2 refresh-token grant: what `docker login` stores for ACR and the like.
                 form = {
@@ -447,25 +468,20 @@ class Repository:
             response = await self._client.http.send(request, stream=True)
             try:
                 status = response.status_code
-                body = await _read(response, _MAX_SMALL_BODY, None)
+                body = await read_capped(response, _MAX_SMALL_BODY, _small_body_too_large)
             finally:
                 await response.aclose()
-        except BlockedAddressError as exc:
-            raise BlockedAddressError(f"{self._shown}: token realm: {exc}") from exc
-        except httpx.HTTPError as exc:
-            raise FetchError(
-                f"{self._shown}: cannot reach the token service on {realm_host}:"
-                f" {type(exc).__name__}"
-            ) from exc
         if status in (401, 403):
             raise RegistryAuthError(
-                f"{self._shown}: the token service on {realm_host} refused"
-                f" {self._credentials.source} (HTTP {status})"
+                f"the token service on {realm_host} refused"
+                f" {self._credentials.source} (HTTP {status})",
+                url=self._shown,
             )
         if status != 200:
             raise FetchError(
-                f"{self._shown}: the token service on {realm_host} answered HTTP {status}",
-                retryable=status >= 500 or status in _LATER_4XX,
+                f"the token service on {realm_host} answered HTTP {status}",
+                retryable=retry_later(status),
+                url=self._shown,
             )
         return parse_token(body, realm_host)
 
@@ -476,44 +492,24 @@ class Repository:
             self._state.token = None
             self._state.basic = None
             return RegistryAuthError(
-                f"{self._shown}: registry {self._host} refused {self._credentials.source}"
-                f" ({where}: {detail})"
+                f"registry {self._host} refused {self._credentials.source} ({where}: {detail})",
+                url=self._shown,
             )
         if reply.status == 403:
             return RegistryAuthError(
-                f"{self._shown}: registry {self._host} denied access with"
-                f" {self._credentials.source} ({where}: {detail})"
+                f"registry {self._host} denied access with"
+                f" {self._credentials.source} ({where}: {detail})",
+                url=self._shown,
             )
         if reply.status == 404:
-            return FetchError(f"{self._shown}: not found ({where}: {detail})")
-        retryable = reply.status >= 500 or reply.status in _LATER_4XX
-        return FetchError(f"{self._shown}: {where}: {detail}", retryable=retryable)
-
-
-async def _read(
-    response: httpx.Response, limit: int, too_large: Callable[[int], ModuleError] | None
-) -> bytes:
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise FetchError(
-            f"the registry sent Content-Encoding {encoding!r} though identity was asked for",
-            retryable=False,
+            return FetchError(f"not found ({where}: {detail})", url=self._shown)
+        return FetchError(
+            f"{where}: {detail}", retryable=retry_later(reply.status), url=self._shown
         )
 
-    def over() -> ModuleError:
-        if too_large is not None:
-            return too_large(limit)
-        return FetchError(f"answer larger than {limit} bytes", retryable=False)
 
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise over()
-    body = bytearray()
-    async for chunk in response.aiter_raw():
-        body += chunk
-        if len(body) > limit:
-            raise over()
-    return bytes(body)
+def _small_body_too_large(_announced: int | None) -> ModuleError:
+    return FetchError(f"answer larger than {_MAX_SMALL_BODY} bytes", retryable=False)
 
 
 def _registry_error(body: bytes) -> str:

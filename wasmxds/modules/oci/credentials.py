@@ -48,7 +48,7 @@ def from_pull_secret(
 ) -> Credentials:
     secret = None if secrets is None else secrets.get(key)
     if secret is None:
-        raise MissingPullSecretError(f"{shown}: image pull secret {key} not found")
+        raise MissingPullSecretError(f"image pull secret {key} not found", url=shown)
     return Credentials(secret.config.lookup(ref.auth_key), f"pull secret {key}")
 
 

@@ -30,8 +30,6 @@ from pathlib import Path
 import structlog
 
 from wasmxds.errors import (
-    BlockedAddressError,
-    BlockedRealmError,
     ChecksumMismatchError,
     FetchError,
     ModuleError,
@@ -39,7 +37,6 @@ from wasmxds.errors import (
     NotWasmError,
     UnknownLayoutError,
 )
-from wasmxds.modules.http import FetcherSettings
 from wasmxds.modules.index import ModuleIndex
 from wasmxds.modules.oci import credentials as creds
 from wasmxds.modules.oci.client import Credentials, RegistryClient, Repository
@@ -53,11 +50,13 @@ from wasmxds.modules.oci.manifest import (
     parse_manifest,
 )
 from wasmxds.modules.oci.reference import Reference, parse_reference
+from wasmxds.modules.progress import excused, one_grace
 from wasmxds.modules.secrets import PullSecrets
+from wasmxds.modules.settings import FetcherSettings
 from wasmxds.modules.ssrf import AddressResolver
 from wasmxds.modules.store import ModuleStore
 from wasmxds.modules.types import Fetched, Module, ModuleRequest, redact_url
-from wasmxds.modules.unbox import is_wasm
+from wasmxds.modules.unbox import is_wasm, read_header
 
 __all__ = ["DEFAULT_OCI_SETTINGS", "OciFetcher"]
 
@@ -110,16 +109,16 @@ class OciFetcher:
         shown = shown or redact_url(f"oci://{ref}")
         total = self._settings.total_timeout
         try:
-            async with asyncio.timeout(total):
-                return await self._pull(ref, credentials, sha256.strip().lower(), shown)
+            with one_grace(self._settings.min_rate, self._settings.rate_window):
+                async with asyncio.timeout(total):
+                    return await self._pull(ref, credentials, sha256.strip().lower(), shown)
         except TimeoutError as exc:
             if total is None:
                 raise
-            raise FetchError(f"{shown}: pull did not finish within {total:g} s") from exc
+            raise FetchError(f"pull did not finish within {total:g} s", url=shown) from exc
         except ModuleError as exc:
-            if str(exc).startswith(f"{shown}: "):
-                raise  # already says which image
-            raise _prefixed(exc, shown) from exc
+            exc.about(shown)  # unless a deeper caller already named the image
+            raise
 
     async def _pull(
         self, ref: Reference, credentials: Credentials, expected: str, shown: str
@@ -141,7 +140,9 @@ class OciFetcher:
             image = parsed
         pinned = {d for d in (index_digest, manifest_digest) if d}
         lock = self._locks.setdefault(manifest_digest, asyncio.Lock())
-        async with lock:
+        async with excused():
+            await lock.acquire()  # another pull of the same image may be downloading it
+        try:
             known = self._known(index_digest, manifest_digest)
             if known is not None:
                 module, layout = known
@@ -150,11 +151,14 @@ class OciFetcher:
                 module, layout = await self._download(repo, image, shown)
                 for digest in pinned:
                     self._index.record_manifest(digest, module.digest, module.size, layout)
+        finally:
+            lock.release()
         if expected and expected not in pinned and expected != module.digest:
             raise ChecksumMismatchError(
-                f"{shown}: sha256 {expected} matches neither the image manifest digest"
+                f"sha256 {expected} matches neither the image manifest digest"
                 f" {manifest_digest}{f' (index {index_digest})' if index_digest else ''} nor"
-                f" the module's digest {module.digest}"
+                f" the module's digest {module.digest}",
+                url=shown,
             )
         return Fetched(module, manifest_digest, index_digest, layout)
 
@@ -170,28 +174,36 @@ class OciFetcher:
         self, repo: Repository, image: ImageManifest, shown: str
     ) -> tuple[Module, str]:
         max_size = self._settings.max_size
+        spool = await self._store.spool()
+        downloaded: list[Path] = []
 
-        async def read_blob(layer: Descriptor) -> bytes:
-            return await repo.blob(layer.digest, layer.size, max_size=max_size)
+        async def read_blob(layer: Descriptor) -> Path:
+            path = await repo.blob(layer.digest, layer.size, max_size=max_size, spool=spool)
+            downloaded.append(path)
+            return path
 
-        extracted = await extract_module(image, read_blob, max_size=max_size)
-        data = extracted.data
-        if len(data) > max_size:
-            raise ModuleTooLargeError(f"{shown}: the module is over the {max_size}-byte limit")
-        if not is_wasm(data):
-            raise NotWasmError(
-                f"{shown}: the {extracted.layout} module is not Wasm (it starts with"
-                f" {data[:8]!r}, not b'\\x00asm')"
-            )
-        module = await self._store.put(data)
+        try:
+            extracted = await extract_module(image, read_blob, max_size=max_size)
+            if extracted.path is not None:
+                head = await asyncio.to_thread(read_header, extracted.path)
+            else:
+                head = extracted.data
+                if len(extracted.data) > max_size:
+                    raise ModuleTooLargeError(
+                        f"the module is over the {max_size}-byte limit", url=shown
+                    )
+            if not is_wasm(head):
+                raise NotWasmError(
+                    f"the {extracted.layout} module is not Wasm (it starts with"
+                    f" {head[:8]!r}, not b'\\x00asm')",
+                    url=shown,
+                )
+            if extracted.path is not None:
+                downloaded.remove(extracted.path)  # the store takes it over
+                module = await self._store.adopt(extracted.path, extracted.digest)
+            else:
+                module = await self._store.put(extracted.data)
+        finally:
+            for path in downloaded:
+                await asyncio.to_thread(path.unlink, missing_ok=True)
         return module, str(extracted.layout)
-
-
-def _prefixed(exc: ModuleError, shown: str) -> ModuleError:
-    """The same error, its message starting with the (redacted) URL it is about."""
-    message = f"{shown}: {exc}"
-    if isinstance(exc, BlockedAddressError | BlockedRealmError):
-        return type(exc)(message)
-    if isinstance(exc, FetchError):
-        return type(exc)(message, retryable=exc.retryable)
-    return type(exc)(message)

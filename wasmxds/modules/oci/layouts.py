@@ -28,6 +28,7 @@ import enum
 import posixpath
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
@@ -54,7 +55,8 @@ _MAX_MAISTRA_MANIFEST = 64 << 10
 # A Maistra image is two or three ADD layers; stop looking through base images.
 _MAX_TAR_LAYERS = 8
 
-BlobReader = Callable[[Descriptor], Awaitable[bytes]]
+# Downloads a layer to a file the caller of extract_module owns (and removes).
+BlobReader = Callable[[Descriptor], Awaitable[Path]]
 
 
 class Layout(enum.StrEnum):
@@ -67,18 +69,23 @@ class Layout(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Extracted:
-    data: bytes
+    """The module: the downloaded layer at ``path`` (a raw Wasm layer, never read into
+    memory), or ``data`` taken out of a tar layer."""
+
     layout: Layout
+    path: Path | None = None
+    digest: str = ""  # of the file at ``path``, verified while downloading
+    data: bytes = b""
 
 
 async def extract_module(
     manifest: ImageManifest, read_blob: BlobReader, *, max_size: int
 ) -> Extracted:
-    """The module bytes (not yet checked to be Wasm) and the layout they came in."""
+    """The module (not yet checked to be Wasm) and the layout it came in."""
     raw = _raw_layer(manifest)
     if raw is not None:
         layout, layer = raw
-        return Extracted(await read_blob(layer), layout)
+        return Extracted(layout, path=await read_blob(layer), digest=layer.digest)
     tar_layers = [layer for layer in manifest.layers if layer.media_type in TAR_TYPES]
     if not tar_layers or manifest.layers[-1].media_type not in TAR_TYPES:
         raise _unknown(manifest, "no Wasm layer and no tar layer last")
@@ -89,7 +96,7 @@ async def extract_module(
         layout = (
             Layout.DOCKER_COMPAT if manifest.media_type == DOCKER_MANIFEST else Layout.OCI_COMPAT
         )
-        return Extracted(plugin, layout)
+        return Extracted(layout, data=plugin)
     return await _maistra(manifest, tar_layers, files, read_blob, max_size)
 
 
@@ -160,7 +167,7 @@ async def _maistra(
         raise UnknownLayoutError(
             f"{_MAISTRA_MANIFEST} names module {module_path!r}, which no layer of the image holds"
         )
-    return Extracted(union[module_path], Layout.MAISTRA)
+    return Extracted(Layout.MAISTRA, data=union[module_path])
 
 
 def _maistra_files(name: str) -> bool:

@@ -2,7 +2,9 @@
 
 Only the fields wasmxds needs are read, and each is checked for shape, so a
 malformed manifest fails with a message naming the field instead of a
-``KeyError`` deep inside the fetcher.
+``KeyError`` deep inside the fetcher. Its size and nesting are bounded too: a
+hostile registry's manifest nested thousands of levels deep is refused with a
+sentence saying so, not an unexpected ``RecursionError``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ __all__ = [
     "ACCEPT",
     "DOCKER_INDEX",
     "DOCKER_MANIFEST",
+    "MAX_MANIFEST_BYTES",
+    "MAX_MANIFEST_DEPTH",
     "OCI_INDEX",
     "OCI_MANIFEST",
     "Descriptor",
@@ -39,6 +43,10 @@ _HEX = frozenset("0123456789abcdef")
 # Platforms in the order an index entry is preferred: a Wasm platform first (what
 # Wasm tooling labels modules with), then what Istio's go-containerregistry picks.
 _PLATFORM_PREFERENCE = (("wasip1", "wasm"), ("wasi", "wasm"), ("linux", "amd64"))
+# The OCI distribution spec's size a registry must accept; the client stops reading there too.
+MAX_MANIFEST_BYTES = 4 << 20
+# A manifest nests 4 levels (manifest, layers, descriptor, annotations); allow plenty more.
+MAX_MANIFEST_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +85,21 @@ class ImageIndex:
 
 def parse_manifest(data: bytes, content_type: str) -> ImageManifest | ImageIndex:
     """Parse a manifest or an index; the ``mediaType`` field wins over Content-Type."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise FetchError(
+            f"the manifest is {len(data)} bytes, more than the {MAX_MANIFEST_BYTES} a manifest"
+            " may be; the reference does not name an image manifest or index",
+            retryable=False,
+        )
     try:
         document = json.loads(data)
     except ValueError:
         raise FetchError("the manifest is not valid JSON", retryable=False) from None
+    except RecursionError:
+        # json's C decoder stops itself at the interpreter's recursion limit.
+        raise _too_deep() from None
+    if _deeper_than(document, MAX_MANIFEST_DEPTH):
+        raise _too_deep()
     if not isinstance(document, dict):
         raise FetchError("the manifest is not a JSON object", retryable=False)
     declared = document.get("mediaType")
@@ -110,6 +129,28 @@ def parse_manifest(data: bytes, content_type: str) -> ImageManifest | ImageIndex
         f"the registry returned a manifest of type {media_type or 'unknown'!r}; expected one of"
         f" {', '.join(ACCEPT)}"
     )
+
+
+def _too_deep() -> FetchError:
+    return FetchError(
+        f"the manifest nests JSON more than {MAX_MANIFEST_DEPTH} levels deep (an image manifest"
+        " needs 4); the registry did not return an image manifest or index for this reference",
+        retryable=False,
+    )
+
+
+def _deeper_than(document: object, limit: int) -> bool:
+    """Whether JSON data nests more than ``limit`` levels; iterative, and stops early."""
+    stack: list[tuple[object, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((child, depth + 1) for child in value.values())
+        elif isinstance(value, list):
+            stack.extend((child, depth + 1) for child in value)
+    return False
 
 
 def choose_manifest(index: ImageIndex) -> Descriptor:

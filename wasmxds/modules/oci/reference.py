@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from wasmxds.api.dockerconfig import DOCKER_HUB_AUTH_KEY
+from wasmxds.api.moduleurl import OCI_PREFIX
 from wasmxds.errors import InvalidReferenceError
 from wasmxds.modules.types import redact_url
 
@@ -22,7 +23,6 @@ __all__ = ["DOCKER_HUB", "Reference", "parse_reference"]
 DOCKER_HUB = "docker.io"
 _DOCKER_HUB_API = "registry-1.docker.io"
 _DOCKER_HUB_NAMES = frozenset({DOCKER_HUB, "index.docker.io", _DOCKER_HUB_API})
-_PREFIX = "oci://"
 # distribution/reference's grammar (lower-case path components, separators . _ __ -).
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
 _TAG = re.compile(r"[\w][\w.-]{0,127}\Z")
@@ -75,10 +75,10 @@ class Reference:
 def parse_reference(url: str) -> Reference:
     """Parse ``oci://REF`` (or a bare ``REF``); raises :class:`InvalidReferenceError`."""
     shown = redact_url(url)
-    text = url[len(_PREFIX) :] if url[: len(_PREFIX)].lower() == _PREFIX else url
+    text = url[len(OCI_PREFIX) :] if url[: len(OCI_PREFIX)].lower() == OCI_PREFIX else url
 
     def invalid(why: str) -> InvalidReferenceError:
-        return InvalidReferenceError(f"{shown}: not a valid OCI image reference: {why}")
+        return InvalidReferenceError(f"not a valid OCI image reference: {why}", url=shown)
 
     if not text:
         raise invalid("it is empty")

@@ -1,7 +1,7 @@
 """Read files out of an image layer (a tar, usually gzipped) without trusting it.
 
-Nothing is ever written to disk: the wanted files are read into memory. Even
-so, a layer is refused as a whole when it
+The layer is read from the file it was downloaded to, as a stream; only the
+wanted files are read into memory. A layer is refused as a whole when it
 
 - has an entry whose path climbs out of the layer (``..``): nothing built
   honestly does that, so it marks a hostile or broken image;
@@ -17,9 +17,11 @@ CPU-bound and synchronous; callers run it in a worker thread.
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 from wasmxds.errors import FetchError, ModuleTooLargeError, UnsafeLayerError
 
@@ -45,7 +47,7 @@ def normalize_member(name: str) -> str | None:
 
 
 def layer_files(
-    blob: bytes,
+    blob: Path,
     media_type: str,
     *,
     max_size: int,
@@ -58,11 +60,18 @@ def layer_files(
     Raises :class:`UnsafeLayerError`, :class:`ModuleTooLargeError`, or a
     :class:`FetchError` when the layer is not a readable tar.
     """
-    stream: io.RawIOBase = (
-        _BoundedGunzip(blob, max_size, label)
-        if media_type in GZIP_TYPES
-        else _Bounded(blob, max_size, label)
-    )
+    with open(blob, "rb") as source:
+        stream: io.RawIOBase = (
+            _BoundedGunzip(source, max_size, label)
+            if media_type in GZIP_TYPES
+            else _Bounded(source, max_size, label)
+        )
+        return _read_members(stream, max_size=max_size, label=label, wanted=wanted)
+
+
+def _read_members(
+    stream: io.RawIOBase, *, max_size: int, label: str, wanted: Callable[[str], bool]
+) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=stream, mode="r|") as archive:
@@ -100,33 +109,31 @@ def layer_files(
 class _Bounded(io.RawIOBase):
     """An uncompressed layer, refused past ``limit`` bytes."""
 
-    def __init__(self, data: bytes, limit: int, label: str) -> None:
-        if len(data) > limit:
+    def __init__(self, source: io.BufferedReader, limit: int, label: str) -> None:
+        if os.fstat(source.fileno()).st_size > limit:
             raise ModuleTooLargeError(f"{label} is over the {limit}-byte limit")
-        self._data = memoryview(data)
-        self._pos = 0
+        self._source = source
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        chunk = self._data[self._pos : self._pos + len(buffer)]
-        buffer[: len(chunk)] = chunk
-        self._pos += len(chunk)
-        return len(chunk)
+        return self._source.readinto(buffer)
 
 
 class _BoundedGunzip(io.RawIOBase):
     """Inflates gzip members lazily, raising once the output passes ``limit``."""
 
-    def __init__(self, data: bytes, limit: int, label: str) -> None:
-        self._pending = data
+    def __init__(self, source: io.BufferedReader, limit: int, label: str) -> None:
+        self._source = source
+        self._pending = b""
         self._limit = limit
         self._label = label
         self._inflater = zlib.decompressobj(wbits=_GZIP_WBITS)
         self._out = b""
         self._produced = 0
         self._done = False
+        self._exhausted = False
 
     def readable(self) -> bool:
         return True
@@ -139,14 +146,27 @@ class _BoundedGunzip(io.RawIOBase):
         self._out = self._out[size:]
         return size
 
+    def _read(self) -> bytes:
+        chunk = self._source.read(_STEP)
+        self._exhausted = not chunk
+        return chunk
+
     def _inflate(self) -> None:
         if self._inflater.eof:
             rest = self._inflater.unused_data
-            if not rest.strip(b"\0"):
-                self._done = True
-                return
+            padded = False
+            # Only zeros (tar padding) may follow the last member, however long.
+            while not rest.strip(b"\0"):
+                padded = padded or bool(rest)
+                rest = self._read()
+                if not rest:
+                    self._done = True
+                    return
+            # Zeros then more data: not a gzip member, as if read in one piece.
             self._inflater = zlib.decompressobj(wbits=_GZIP_WBITS)  # next gzip member
-            self._pending = rest
+            self._pending = b"\0" + rest if padded else rest
+        if not self._pending:
+            self._pending = self._read()
         piece = self._inflater.decompress(self._pending, _STEP)
         self._pending = self._inflater.unconsumed_tail
         self._produced += len(piece)
@@ -155,6 +175,6 @@ class _BoundedGunzip(io.RawIOBase):
                 f"{self._label} unpacks to more than the {self._limit}-byte limit (a"
                 " decompression bomb, or more than a module in the layer); refusing it"
             )
-        if not piece and not self._pending and not self._inflater.eof:
+        if not piece and not self._pending and not self._inflater.eof and self._exhausted:
             raise FetchError(f"{self._label}: the gzip stream is truncated", retryable=False)
         self._out = piece

@@ -16,7 +16,17 @@ from wasmxds.api.objects import API_VERSION, KIND, ObjectKey, Problem, Severity,
 from wasmxds.api.parse import parse_object
 from wasmxds.api.secrets import PullSecret, parse_secret
 
-__all__ = ["Record", "origin_of", "parse_plugin", "parse_secret_object", "update"]
+__all__ = [
+    "Parser",
+    "Record",
+    "needs_parse",
+    "origin_of",
+    "parse_plugin",
+    "parse_secret_object",
+    "update",
+]
+
+Parser = Callable[[ObjectKey, Mapping[str, Any]], tuple[object | None, list[Problem]]]
 
 # Metadata that changes without the object changing (every status write bumps both).
 _VOLATILE_METADATA = frozenset({"resourceVersion", "managedFields"})
@@ -83,19 +93,37 @@ def parse_secret_object(
     return parsed.secret, list(parsed.problems)
 
 
+def needs_parse(
+    records: Mapping[ObjectKey, Record], key: ObjectKey, raw: Mapping[str, Any] | None
+) -> bool:
+    """Whether :func:`update` will validate ``raw``: it exists and its version is new."""
+    if raw is None:
+        return False
+    previous = records.get(key)
+    return previous is None or previous.resource_version != _version(raw)
+
+
+def _version(raw: Mapping[str, Any]) -> str:
+    return str(_metadata(raw).get("resourceVersion") or "")
+
+
 def update(
     records: dict[ObjectKey, Record],
     key: ObjectKey,
     raw: Mapping[str, Any] | None,
-    parse: Callable[[ObjectKey, Mapping[str, Any]], tuple[object | None, list[Problem]]],
+    parse: Parser | Mapping[ObjectKey, tuple[object | None, list[Problem]]],
     what: str,
 ) -> None:
-    """Bring ``records[key]`` up to date with ``raw`` (None: the object was deleted)."""
+    """Bring ``records[key]`` up to date with ``raw`` (None: the object was deleted).
+
+    ``parse`` validates ``raw``, or holds its result already (validated in a
+    worker thread, for the keys :func:`needs_parse` names).
+    """
     if raw is None:
         records.pop(key, None)
         return
     metadata = _metadata(raw)
-    version = str(metadata.get("resourceVersion") or "")
+    version = _version(raw)
     previous = records.get(key)
     status = raw.get("status")
     status = status if isinstance(status, Mapping) else {}
@@ -103,7 +131,8 @@ def update(
     generation = generation if isinstance(generation, int) else 0
     if previous is not None and previous.resource_version == version:
         return
-    valid, problems = parse(key, raw)
+    valid, problems = parse[key] if isinstance(parse, Mapping) else parse(key, raw)
+    problems = list(problems)
     invalid = valid is None
     if valid is None and previous is not None and previous.valid is not None:
         valid = previous.valid

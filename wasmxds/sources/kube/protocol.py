@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from wasmxds.api.objects import API_GROUP, ObjectKey
 from wasmxds.api.secrets import PULL_SECRET_TYPE
-from wasmxds.errors import ConfigError, WasmxdsError
+from wasmxds.errors import Gone, KubeApiError, KubeConfigError
 from wasmxds.sources.kube import SERVICE_ACCOUNT_CA, SERVICE_ACCOUNT_TOKEN
 
 __all__ = [
@@ -39,31 +39,6 @@ PLUGIN_VERSION = "v1alpha1"
 PLUGIN_PLURAL = "wasmplugins"
 # etcd refuses objects over 1.5 MiB; an event line far beyond that is not an event.
 MAX_EVENT_BYTES = 16 << 20
-
-
-class KubeConfigError(ConfigError):
-    """The kubeconfig or in-cluster configuration cannot be used (fatal: fix and restart)."""
-
-
-class KubeApiError(WasmxdsError):
-    """A request failed. ``status`` is the HTTP (or Status ``code``) value, 0 when no
-    answer came at all (connection refused or dropped, timeout, TLS failure)."""
-
-    def __init__(self, what: str, status: int, message: str) -> None:
-        self.what = what
-        self.status = status
-        self.message = message
-        code = f"HTTP {status}" if status else "no answer"
-        super().__init__(f"{what}: {code}: {message}")
-
-    @property
-    def transient(self) -> bool:
-        """Worth retrying as is: no answer, throttled, or a server-side failure."""
-        return self.status == 0 or self.status == 429 or self.status >= 500
-
-
-class Gone(KubeApiError):
-    """410: the resourceVersion (or continue token) is older than the server's history."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,10 @@ how many proxies run it::
       - type: Ready
         status: "True"            # "False" when unavailable or invalid, "Unknown" while fetching
         reason: ModuleFetched     # ModuleUnavailable | Pending | Invalid
+
+An edit whose module cannot be fetched is ``Ready=False`` with reason
+``ModuleUnavailable``; its message says whether proxies keep the last good
+version or get the failStrategy stand-in (a plugin with no good version yet).
         message: module fetched; running on 3 proxies
         observedGeneration: 4
         lastTransitionTime: "2025-01-01T00:00:00Z"
@@ -68,6 +72,13 @@ class PluginReport:
     state: ModuleState
     error: str = ""
     proxies: int = 0
+    # Proxies get an earlier version of the plugin (module and config), not this one.
+    last_good: bool = False
+    # Proxies get the failStrategy stand-in.
+    standin: bool = False
+    # For a module that nothing retries (fetched, but the delivery mode cannot carry
+    # it): what the user has to do. Empty while the fetch is retried.
+    action: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +105,10 @@ def _plural(count: int) -> str:
     return f"{count} prox{'y' if count == 1 else 'ies'}"
 
 
+def _verb(count: int, verb: str) -> str:
+    return f"{verb}s" if count == 1 else verb
+
+
 def _condition(observed: ObservedObject, report: PluginReport | None) -> dict[str, Any]:
     """The Ready condition, without its transition time."""
     if observed.problems:
@@ -110,13 +125,37 @@ def _condition(observed: ObservedObject, report: PluginReport | None) -> dict[st
         message = f"module fetched{note}; running on {_plural(report.proxies)}"
     elif report.state is ModuleState.UNAVAILABLE:
         status, reason = "False", "ModuleUnavailable"
+        if report.last_good:
+            fallback = (
+                f"{_verb(report.proxies, 'keep')} running the last good version (module and config)"
+            )
+        else:
+            fallback = f"{_verb(report.proxies, 'get')} the failStrategy stand-in"
+        if report.action:
+            # Nothing retries this one: say what to do instead of "until fetched".
+            tail = f"; {report.action}"
+        elif report.last_good:
+            tail = " until this one's module is fetched, while the fetch is retried"
+        else:
+            tail = " while the fetch is retried"
         message = (
             f"module unavailable: {report.error or 'unknown error'}; {_plural(report.proxies)}"
-            " get the failStrategy stand-in while the fetch is retried"
+            f" {fallback}{tail}"
         )
     else:
         status, reason = "Unknown", "Pending"
-        message = f"fetching the module; {_plural(report.proxies)} run the previous version"
+        if report.last_good:
+            message = (
+                f"fetching the module; {_plural(report.proxies)} {_verb(report.proxies, 'run')}"
+                " the previous version"
+            )
+        elif report.standin:
+            message = (
+                f"fetching the module; {_plural(report.proxies)} {_verb(report.proxies, 'get')}"
+                " the failStrategy stand-in until it is fetched"
+            )
+        else:
+            message = "fetching the module; its filter is not served until it is fetched"
     return {
         "type": CONDITION_TYPE,
         "status": status,

@@ -1,4 +1,8 @@
-"""Who a proxy is, as far as plugin targeting is concerned (DESIGN "Node identity")."""
+"""Who is on the other end of an xDS stream, as far as plugin targeting is concerned.
+
+Read from the ``Node`` of a stream's first request (DESIGN "Node identity").
+The translate stage targets plugins at it; the snapshot memoizes per class.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,18 @@ from typing import Any
 
 from google.protobuf import json_format
 
-__all__ = ["DEFAULT_NODE_NAMESPACE", "NodeInfo", "node_info_from_metadata", "node_info_from_proto"]
+__all__ = [
+    "DEFAULT_NODE_NAMESPACE",
+    "ClassKey",
+    "NodeInfo",
+    "node_info_from_metadata",
+    "node_info_from_proto",
+]
 
 DEFAULT_NODE_NAMESPACE = "default"
+
+ClassKey = tuple[str, tuple[tuple[str, str], ...]]
+"""A node class: namespace and sorted labels."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +39,7 @@ class NodeInfo:
     namespace: str = DEFAULT_NODE_NAMESPACE
     labels: Mapping[str, str] = field(default_factory=dict)
     cluster: str = ""
-    class_key: tuple[str, tuple[tuple[str, str], ...]] = field(init=False)
+    class_key: ClassKey = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_key", (self.namespace, tuple(sorted(self.labels.items()))))

@@ -1,0 +1,171 @@
+"""The real ``wasmxds serve``'s module download endpoint against hostile requests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from aiohttp import web
+
+from e2e.harness.listeners import free_port
+from e2e.harness.modules import ModuleServer
+from e2e.harness.wasmxds import running_wasmxds
+from e2e.test_core import plugin_yaml
+from e2e.test_listener_mode import until
+
+
+async def raw_status(port: int, target: str) -> bytes:
+    """The status code the admin port answers to a request line sent byte for byte."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return answer.split(b" ", 2)[1]
+
+
+async def test_hostile_module_downloads_are_404_at_once_and_log_no_traceback(
+    tmp_path, modules: ModuleServer, header_filter_wasm: bytes
+):
+    """Malformed and unwanted digests are 404 without the 20 s wait; the log stays JSON lines."""
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "p.yaml").write_text(plugin_yaml("header-filter", modules.url("header-filter.wasm")))
+    admin_port = free_port()
+    digest = hashlib.sha256(header_filter_wasm).hexdigest()
+    base = f"http://127.0.0.1:{admin_port}"
+    args = ("--admin-address", base[7:], "--module-delivery", "remote", "--module-base-url", base)
+    async with (
+        running_wasmxds([config], tmp_path / "cache", extra_args=args) as wasmxds,
+        # The old wait (20 s) would outlast this client's timeout.
+        httpx.AsyncClient(base_url=base, timeout=10) as client,
+    ):
+
+        async def ready() -> Any:
+            plugins = (await client.get("/debug/plugins")).json()
+            return plugins and plugins[0]["module"]["state"] == "ready"
+
+        await until(ready, what="plugin module fetched")
+        served = await client.get(f"/modules/sha256/{digest}")
+        assert served.status_code == 200
+        assert served.content == header_filter_wasm
+        for path in (f"{digest}%0A", digest.upper(), "0" * 64, "a" * 8000):
+            started = time.perf_counter()
+            response = await client.get(f"/modules/sha256/{path}")
+            print(f"GET /modules/sha256/{path[:70]}: {response.status_code}", end=" ")
+            print(f"in {time.perf_counter() - started:.3f} s")
+            assert response.status_code == 404, path[:70]
+        assert await raw_status(admin_port, "/modules/sha256/../../../etc/passwd") == b"404"
+        assert await raw_status(admin_port, "/modules/sha256/" + "a" * 20000) == b"400"
+        assert (await client.get("/healthz")).status_code == 200
+    for line in wasmxds.raw:
+        assert isinstance(json.loads(line), dict), line
+    assert any(e.get("event") == "admin.bad_request" for e in wasmxds.events)
+
+
+@contextlib.asynccontextmanager
+async def gated_server(files: dict[str, bytes]) -> AsyncIterator[tuple[int, asyncio.Event]]:
+    """A loopback HTTP server that holds every request until the event is set.
+
+    Then it serves ``files`` by path and answers 404 to anything else (an OCI
+    registry's API included, so an ``oci://`` pull from it fails).
+    """
+    release = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        await release.wait()
+        data = files.get(request.path)
+        if data is None:
+            return web.Response(status=404, text="not here\n")
+        return web.Response(body=data, content_type="application/wasm")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield int(runner.addresses[0][1]), release
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+async def test_only_a_known_coming_digest_waits_and_unknown_ones_are_capped(
+    tmp_path, header_filter_wasm: bytes
+):
+    """During a pending OCI pull, unknown digests wait 5 s at most (64 at once, the rest get 404
+    at once); a digest a pending http fetch pins waits and gets the bytes."""
+    digest = hashlib.sha256(header_filter_wasm).hexdigest()
+    async with gated_server({"/gated.wasm": header_filter_wasm}) as (port, release):
+        config = tmp_path / "config"
+        config.mkdir()
+        pinned = plugin_yaml(
+            "pinned", f"http://127.0.0.1:{port}/gated.wasm", extra=f"sha256: {digest}\n"
+        )
+        (config / "pinned.yaml").write_text(pinned)
+        (config / "oci.yaml").write_text(plugin_yaml("oci", f"oci://127.0.0.1:{port}/f/g:v1"))
+        admin_port = free_port()
+        base = f"http://127.0.0.1:{admin_port}"
+        args = (
+            *("--admin-address", base[7:], "--module-delivery", "remote"),
+            *("--module-base-url", base, "--insecure-registry", f"127.0.0.1:{port}"),
+            *("--initial-fetch-wait", "200ms"),
+        )
+        async with (
+            running_wasmxds([config], tmp_path / "cache", extra_args=args),
+            httpx.AsyncClient(
+                base_url=base, timeout=30, limits=httpx.Limits(max_connections=200)
+            ) as client,
+        ):
+
+            async def first_push() -> Any:
+                ready = (await client.get("/readyz")).json()["first_push"]
+                states = {p["module"]["state"] for p in (await client.get("/debug/plugins")).json()}
+                return ready and states == {"pending"}
+
+            await until(first_push, what="first push with both modules still fetching")
+
+            async def timed_get(path: str) -> tuple[httpx.Response, float]:
+                started = time.perf_counter()
+                response = await client.get(path)
+                return response, time.perf_counter() - started
+
+            known = asyncio.create_task(timed_get(f"/modules/sha256/{digest}"))
+            unknown = await asyncio.gather(
+                *(timed_get(f"/modules/sha256/{n:064x}") for n in range(1, 81))
+            )
+            times = sorted(elapsed for _, elapsed in unknown)
+            at_once = sum(1 for elapsed in times if elapsed < 2.0)
+            print(f"80 unknown digests during a pending OCI pull: {at_once} answered within 2 s,")
+            print(
+                f"  fastest {times[0]:.3f} s, median {times[40]:.3f} s, slowest {times[-1]:.3f} s"
+            )
+            assert {response.status_code for response, _ in unknown} == {404}
+            assert times[-1] < 15.0  # the old hold was 20 s for every one of them
+            assert not known.done()
+            release.set()
+            response, elapsed = await known
+            print(
+                f"pinned digest of a pending http fetch: {response.status_code} in {elapsed:.2f} s"
+            )
+            assert response.status_code == 200
+            assert response.content == header_filter_wasm
+
+            async def oci_failed() -> Any:
+                plugins = (await client.get("/debug/plugins")).json()
+                return any(p["module"]["state"] == "failed" for p in plugins)
+
+            await until(oci_failed, what="the OCI pull failed")
+            response, elapsed = await timed_get(f"/modules/sha256/{'a' * 64}")
+            print(
+                f"unknown digest once no pull is pending: {response.status_code} in {elapsed:.3f} s"
+            )
+            assert response.status_code == 404

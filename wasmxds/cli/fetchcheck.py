@@ -1,0 +1,164 @@
+"""``wasmxds validate --fetch``: fetch and verify every plugin's module the way ``serve`` does.
+
+The modules go through the server's own pieces (the module resolver, the HTTP
+and OCI fetchers, the content-addressed store) into a temporary cache that is
+deleted afterwards, so a module that passes here passes the same checks in
+``serve``: reachable, within the size limit, Wasm, and matching ``sha256``.
+Each plugin whose module fails becomes a problem at the plugin's
+``path:line``, for CI to refuse a commit before it lands. Within one fetch the
+fetchers retry as in ``serve`` (a dropped connection or a server error, say),
+under the same progress limits; a fetch that has failed is not tried
+again later, as ``serve``'s background retry would: a CI run wants the
+answer, not a wait. A cancelled check (SIGTERM, Ctrl-C) deletes its
+temporary cache before it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from wasmxds.api.objects import ObjectKey, Problem, WasmPlugin
+from wasmxds.api.secrets import PullSecret
+from wasmxds.errors import (
+    ChecksumMismatchError,
+    DigestMismatchError,
+    MissingPullSecretError,
+    ModuleError,
+    RegistryAuthError,
+)
+from wasmxds.modules.backoff import Backoff
+from wasmxds.modules.http import HttpFetcher
+from wasmxds.modules.index import ModuleIndex
+from wasmxds.modules.oci.fetcher import DEFAULT_OCI_SETTINGS, OciFetcher
+from wasmxds.modules.resolver import ModuleResolver
+from wasmxds.modules.secrets import PullSecrets
+from wasmxds.modules.settings import FetcherSettings
+from wasmxds.modules.store import ModuleStore
+from wasmxds.modules.types import Failed, ModuleOutcome, ModuleRequest, Pending
+from wasmxds.reconcile import module_request
+
+__all__ = ["FetchOptions", "check_modules"]
+
+# The resolver retries a failed fetch after this long; the check is over well before.
+_NO_RETRY = Backoff(initial=3600.0, max=3600.0)
+_FETCH_DEFAULTS = FetcherSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class FetchOptions:
+    """The fetch settings ``serve`` would use, plus how long the whole check may take."""
+
+    insecure_hosts: frozenset[str] = frozenset()
+    ca_file: Path | None = None
+    max_size: int | None = None
+    timeout: float = 120.0
+    max_parallel: int = 4
+    # serve's --fetch-connect-timeout, --fetch-idle-timeout, --fetch-min-rate, --fetch-rate-window
+    connect_timeout: float = _FETCH_DEFAULTS.connect_timeout
+    read_timeout: float = _FETCH_DEFAULTS.read_timeout
+    min_rate: float = _FETCH_DEFAULTS.min_rate
+    rate_window: float = _FETCH_DEFAULTS.rate_window
+
+
+def _field(error: ModuleError) -> str:
+    """The spec field a user changes to fix ``error``."""
+    if isinstance(error, ChecksumMismatchError | DigestMismatchError):
+        return "spec.sha256"
+    if isinstance(error, MissingPullSecretError | RegistryAuthError):
+        return "spec.imagePullSecret"
+    return "spec.url"
+
+
+def _problem(plugin: WasmPlugin, message: str) -> Problem:
+    return Problem(plugin.origin.path, plugin.origin.line, message)
+
+
+async def _settle(
+    resolver: ModuleResolver,
+    requests: Sequence[ModuleRequest],
+    changed: asyncio.Event,
+    deadline: float,
+) -> list[ModuleOutcome]:
+    """Each request's first settled outcome (or Pending when the deadline passed first)."""
+    while True:
+        changed.clear()
+        outcomes = [resolver.resolve(request) for request in requests]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not any(isinstance(o, Pending) for o in outcomes):
+            return outcomes
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(remaining):
+                await changed.wait()
+
+
+async def check_modules(
+    plugins: Sequence[WasmPlugin],
+    secrets: Mapping[ObjectKey, PullSecret],
+    options: FetchOptions,
+) -> list[Problem]:
+    """Fetch and verify each plugin's module; one problem per plugin whose module fails."""
+    if not plugins:
+        return []
+    settings = FetcherSettings(
+        insecure_hosts=options.insecure_hosts,
+        ca_file=options.ca_file,
+        connect_timeout=options.connect_timeout,
+        read_timeout=options.read_timeout,
+        min_rate=options.min_rate,
+        rate_window=options.rate_window,
+    )
+    if options.max_size is not None:
+        settings = dataclasses.replace(settings, max_size=options.max_size)
+    requests = [module_request(plugin) for plugin in plugins]
+    changed = asyncio.Event()
+    with tempfile.TemporaryDirectory(prefix="wasmxds-validate-") as cache:
+        store = ModuleStore(Path(cache))
+        index = ModuleIndex()
+        pull_secrets = PullSecrets(secrets)
+        async with HttpFetcher(store=store, settings=settings) as http:
+            oci = OciFetcher(
+                store=store,
+                index=index,
+                settings=dataclasses.replace(settings, tries=DEFAULT_OCI_SETTINGS.tries),
+                pull_secrets=pull_secrets,
+            )
+            resolver = ModuleResolver(
+                store=store,
+                fetchers={"http": http, "https": http, "oci": oci},
+                on_change=changed.set,
+                retry=_NO_RETRY,
+                max_parallel=options.max_parallel,
+                index=index,
+                pull_secrets=pull_secrets,
+            )
+            running = asyncio.create_task(resolver.run(), name="validate fetches")
+            try:
+                outcomes = await _settle(
+                    resolver, requests, changed, time.monotonic() + options.timeout
+                )
+            finally:
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
+                await oci.aclose()
+    problems = []
+    for plugin, request, outcome in zip(plugins, requests, outcomes, strict=True):
+        if isinstance(outcome, Failed):
+            error = outcome.error
+            problems.append(_problem(plugin, f"{_field(error)}: module unavailable: {error}"))
+        elif isinstance(outcome, Pending):
+            problems.append(
+                _problem(
+                    plugin,
+                    f"spec.url: module unavailable: {request.display_url}: not fetched within"
+                    f" {options.timeout:g}s (--fetch-timeout sets how long to wait)",
+                )
+            )
+    return problems
