@@ -49,6 +49,12 @@ fmt: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Code nothing calls (vulture; settings and whitelist in pyproject.toml and
+# vulture_whitelist.py).
+.PHONY: deadcode
+deadcode: $(STAMP)
+	$(BIN)/vulture
+
 .PHONY: unit
 unit: $(STAMP)
 	$(BIN)/pytest tests
@@ -62,7 +68,7 @@ system-deps:
 	@scripts/system-deps.sh
 
 .PHONY: test
-test: system-deps lint typecheck
+test: system-deps lint typecheck deadcode
 	$(BIN)/pytest
 
 PROTO_SRC := $(wildcard protos/wasmxds/api/proto/*.proto)

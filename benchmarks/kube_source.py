@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.kube.fakeapi import running_fake_kube, wasmplugin
+from tests.sources.kube.fakeapi import running_fake_kube, wasmplugin
 from wasmxds.api.objects import ObjectKey
 from wasmxds.sources.kube.client import KubeClient
 from wasmxds.sources.kube.protocol import ClientConfig

@@ -14,7 +14,7 @@ from e2e.harness.envoy import running_envoy
 from e2e.harness.wasmxds import run_cli, running_wasmxds
 from e2e.test_core import HEADER
 from e2e.test_listener_mode import until
-from tests.kube.fakeapi import FakeKube, running_fake_kube, wasmplugin
+from tests.sources.kube.fakeapi import FakeKube, running_fake_kube, wasmplugin
 
 pytestmark = pytest.mark.envoy
 

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Red Hat's migration guide, the ServiceMeshExtension half (its WasmPlugin
 # half is tests/api/data/header-append.yaml).
 SEED_EXTENSION = (
-    Path(__file__).parent / "api" / "seeds" / "header-append-extension.yaml"
+    Path(__file__).parent / "maistra" / "seeds" / "header-append-extension.yaml"
 ).read_text()
 
 CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: 'on'\n"

@@ -18,6 +18,7 @@ from wasmxds.errors import (
     WasmxdsError,
 )
 from wasmxds.sources.kube.protocol import KubeApiError as FromProtocol
+from wasmxds.xds import stream
 
 
 def test_message_is_built_from_the_url_and_the_detail() -> None:
@@ -58,6 +59,8 @@ def test_every_error_joins_the_one_tree() -> None:
     assert FromGoURL is errors.GoURLError
     assert FromDockerConfig is errors.DockerConfigError
     assert FromProtocol is errors.KubeApiError
+    assert stream.ProtocolError is errors.ProtocolError
+    assert stream.LimitExceeded is errors.LimitExceeded
     for name in errors.__all__:
         cls = getattr(errors, name)
         assert issubclass(cls, WasmxdsError), name

@@ -84,3 +84,9 @@ def test_demo_and_runtime_import_only_declared_runtime_packages():
             if not dists & allowed:
                 undeclared[name] = str(path.relative_to(ROOT))
     assert not undeclared, f"imported but not a runtime dependency: {undeclared}"
+
+
+def test_test_runs_the_dead_code_check(tmp_path):
+    """`make test` runs vulture, which the dev extra installs."""
+    assert "/bin/vulture" in plan("test", tmp_path / "venv")
+    assert "vulture" in [requirement_name(r) for r in PYPROJECT["optional-dependencies"]["dev"]]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from wasmxds.last_good import LastGoodFile
 from wasmxds.modules.index import INDEX_FILE, ModuleIndex
+from wasmxds.reconcile.last_good import LastGoodFile
 from wasmxds.service import Service
 from wasmxds.settings import HostPort, ServeSettings
 from wasmxds.supervisor import StageEnded

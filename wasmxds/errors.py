@@ -10,6 +10,8 @@
     │   └── KubeConfigError         the kubeconfig or in-cluster configuration is unusable
     ├── KubeApiError                a Kubernetes API request failed (``status``, ``transient``)
     │   └── Gone                    410: the resourceVersion is too old
+    ├── ProtocolError               an xDS client broke the protocol (INVALID_ARGUMENT)
+    │   └── LimitExceeded           it asked for more than a stream may hold (RESOURCE_EXHAUSTED)
     └── ModuleError                 a Wasm module could not be made available
         ├── UnsupportedSchemeError  the URL's scheme cannot be fetched
         ├── InvalidReferenceError   an oci:// URL is not a valid image reference
@@ -54,10 +56,12 @@ __all__ = [
     "InvalidReferenceError",
     "KubeApiError",
     "KubeConfigError",
+    "LimitExceeded",
     "MissingPullSecretError",
     "ModuleError",
     "ModuleTooLargeError",
     "NotWasmError",
+    "ProtocolError",
     "RegistryAuthError",
     "SettingsError",
     "UnknownLayoutError",
@@ -131,6 +135,17 @@ class KubeApiError(WasmxdsError):
 
 class Gone(KubeApiError):
     """410: the resourceVersion (or continue token) is older than the server's history."""
+
+
+# -------------------------------------------------------------------------- xDS
+
+
+class ProtocolError(WasmxdsError):
+    """The client broke the protocol; the stream should end with INVALID_ARGUMENT."""
+
+
+class LimitExceeded(ProtocolError):
+    """The client asked for more than a stream may hold; the stream ends with RESOURCE_EXHAUSTED."""
 
 
 # ----------------------------------------------------------------------- modules

@@ -21,28 +21,27 @@ import structlog
 from wasmxds.admin.server import AdminServer, AdminState, Pulse
 from wasmxds.admin.views import Readiness
 from wasmxds.api.objects import ObjectKey
+from wasmxds.backoff import Backoff
 from wasmxds.bootstrap import MODULES_CLUSTER
 from wasmxds.debounce import Debouncer
-from wasmxds.last_good import LAST_GOOD_FILE, LastGoodFile
 from wasmxds.metrics import Metrics, StreamMetrics
-from wasmxds.modules.backoff import Backoff
 from wasmxds.modules.http import HttpFetcher
 from wasmxds.modules.index import INDEX_FILE, ModuleIndex
 from wasmxds.modules.oci.fetcher import DEFAULT_OCI_SETTINGS, OciFetcher
 from wasmxds.modules.purge import CachePurger
 from wasmxds.modules.resolver import ModuleResolver
 from wasmxds.modules.secrets import PullSecrets
-from wasmxds.modules.settings import FetcherSettings
 from wasmxds.modules.slots import STALLED_PULL_SECONDS
 from wasmxds.modules.store import ModuleStore
 from wasmxds.modules.types import Module
 from wasmxds.reconcile import Reconciler
-from wasmxds.reports import plugin_reports
-from wasmxds.settings import ModuleDelivery, ServeSettings
+from wasmxds.reconcile.kubestatus import PluginReport, StatusWriter
+from wasmxds.reconcile.last_good import LAST_GOOD_FILE, LastGoodFile
+from wasmxds.reconcile.reports import plugin_reports
+from wasmxds.settings import ModuleDelivery, ServeSettings, fetcher_settings
 from wasmxds.sources.directory import DirectorySource
 from wasmxds.sources.kube.client import KubeClient
 from wasmxds.sources.kube.protocol import ClientConfig
-from wasmxds.sources.kube.status import PluginReport, StatusWriter
 from wasmxds.sources.kubernetes import KubernetesSource
 from wasmxds.sources.state import SourceState, TemplateState
 from wasmxds.sources.templates import TemplateSource
@@ -99,17 +98,7 @@ class Service:
         settings = self.settings
         self.index = index
         self.store = ModuleStore(settings.cache_dir)
-        fetch_settings = FetcherSettings(
-            max_size=settings.max_module_size,
-            insecure_hosts=settings.insecure_registries,
-            ca_file=settings.registry_ca,
-            connect_timeout=settings.fetch_connect_timeout,
-            read_timeout=settings.fetch_idle_timeout,
-            min_rate=settings.fetch_min_rate,
-            rate_window=settings.fetch_rate_window,
-            # Stalled pulls lend their slots: up to twice the limit may be connected.
-            max_connections=max(10, 2 * settings.max_parallel_pulls),
-        )
+        fetch_settings = fetcher_settings(settings)
         self.http = HttpFetcher(store=self.store, settings=fetch_settings)
         self.pull_secrets = PullSecrets()
         self.oci = OciFetcher(

@@ -22,6 +22,7 @@ from typing import TypeVar
 from wasmxds.errors import SettingsError
 from wasmxds.flags import Group, Kind, Setting, markdown_table
 from wasmxds.log import LOG_FORMATS, LOG_LEVELS
+from wasmxds.modules.settings import FetcherSettings
 
 __all__ = [
     "GROUPS",
@@ -30,6 +31,7 @@ __all__ = [
     "ServeSettings",
     "default_cache_dir",
     "docs_with_table",
+    "fetcher_settings",
     "parse_duration",
     "parse_host_port",
     "parse_rate",
@@ -595,6 +597,21 @@ class ServeSettings:
     @property
     def module_dir_for_proxies(self) -> Path:
         return self.proxy_cache_dir or self.cache_dir
+
+
+def fetcher_settings(settings: ServeSettings) -> FetcherSettings:
+    """How module downloads behave under ``settings`` (``serve`` and ``validate --fetch``)."""
+    return FetcherSettings(
+        max_size=settings.max_module_size,
+        insecure_hosts=settings.insecure_registries,
+        ca_file=settings.registry_ca,
+        connect_timeout=settings.fetch_connect_timeout,
+        read_timeout=settings.fetch_idle_timeout,
+        min_rate=settings.fetch_min_rate,
+        rate_window=settings.fetch_rate_window,
+        # Stalled pulls lend their slots: up to twice the limit may be connected.
+        max_connections=max(10, 2 * settings.max_parallel_pulls),
+    )
 
 
 # The docs' table sits between these lines; `make flags-doc` rewrites it.

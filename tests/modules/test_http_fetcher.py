@@ -17,6 +17,7 @@ from aiohttp import web
 from tests.modules.conftest import WASM, ModuleServer, fetch_bytes
 from tests.modules.trickle import raw_servers
 from wasmxds import __version__
+from wasmxds.backoff import Backoff
 from wasmxds.errors import (
     BlockedAddressError,
     ChecksumMismatchError,
@@ -26,7 +27,6 @@ from wasmxds.errors import (
     NotWasmError,
     SettingsError,
 )
-from wasmxds.modules.backoff import Backoff
 from wasmxds.modules.http import HttpFetcher
 from wasmxds.modules.settings import FetcherSettings
 from wasmxds.modules.ssrf import AddressResolver

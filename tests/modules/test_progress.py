@@ -9,8 +9,8 @@ import pytest
 
 from tests.modules.conftest import WASM, fetch_bytes
 from tests.modules.trickle import Handler, RawServers, drip, drips_body, drips_headers, raw_servers
+from wasmxds.backoff import Backoff
 from wasmxds.errors import FetchError
-from wasmxds.modules.backoff import Backoff
 from wasmxds.modules.http import HttpFetcher
 from wasmxds.modules.oci.client import Credentials, RegistryClient
 from wasmxds.modules.oci.reference import parse_reference

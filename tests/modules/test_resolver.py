@@ -13,12 +13,12 @@ import pytest
 from aiohttp import web
 
 from tests.modules.conftest import WASM, ModuleServer, Signal
+from wasmxds.backoff import Backoff
 from wasmxds.errors import (
     ChecksumMismatchError,
     FetchError,
     UnsupportedSchemeError,
 )
-from wasmxds.modules.backoff import Backoff
 from wasmxds.modules.http import HttpFetcher
 from wasmxds.modules.resolver import Fetcher, ModuleResolver
 from wasmxds.modules.settings import FetcherSettings
@@ -129,7 +129,10 @@ async def test_known_sha256_is_a_hit_without_fetching(
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("oci://registry.example/filters/auth:1.0", "oci:// modules are not supported yet"),
+        (
+            "oci://registry.example/filters/auth:1.0",
+            "unsupported module URL scheme 'oci' (supported: file, http, https)",
+        ),
         ("ftp://files.example/m.wasm", "unsupported module URL scheme 'ftp'"),
     ],
 )
@@ -251,7 +254,8 @@ async def test_retain_stops_retries_and_forgets(
         # Several retry periods of the kept request pass; the dropped one stays silent.
         await server.changed.wait_for(lambda: server.hits["/kept.wasm"] >= stopped_at + 3)
         assert server.hits["/gone.wasm"] == stopped_at
-    assert [state.url for state in resolver.snapshot_state()] == [kept.url]
+    assert resolver.outcome(request) is None
+    assert resolver.outcome(kept) is not None
 
 
 async def test_if_not_present_reuses_across_generations(
@@ -332,8 +336,6 @@ async def test_always_keeps_serving_the_earlier_module_when_refetch_fails(
         assert outcome.module == earlier
         assert isinstance(outcome.stale, FetchError)
         assert "HTTP 503" in str(outcome.stale)
-        (state,) = resolver.snapshot_state()
-        assert state.state == "stale"
         # Still retrying: once the server recovers the fresh pull replaces the stale one.
         server.serve("/m.wasm", OTHER)
 
@@ -388,7 +390,8 @@ async def test_parallel_fetches_are_bounded(make_resolver: MakeResolver, changes
         for request in wanted:
             resolver.resolve(request)
         await fetcher.started.wait_for(lambda: fetcher.active == 2)
-        assert sum(state.fetching for state in resolver.snapshot_state()) == 2
+        assert fetcher.active == 2
+        assert all(isinstance(resolver.outcome(r), Pending) for r in wanted)
         fetcher.release.set()
         await changes.wait_for(lambda: all(isinstance(resolver.outcome(r), Ready) for r in wanted))
     assert fetcher.peak == 2
@@ -449,16 +452,13 @@ async def test_run_refuses_to_start_twice(make_resolver: MakeResolver) -> None:
             await resolver.run()
 
 
-def test_snapshot_state_reports_without_credentials(make_resolver: MakeResolver) -> None:
-    """The status view shows each request's state and never the URL's userinfo."""
+def test_outcomes_never_show_credentials(make_resolver: MakeResolver) -> None:
+    """A refused URL's outcome names it without its userinfo."""
     resolver = make_resolver()
-    resolver.resolve(ModuleRequest(url="http://user:s3cret@modules.example/m.wasm"))
-    resolver.resolve(ModuleRequest(url="oci://registry.example/auth:1"))
-    states = {state.url: state for state in resolver.snapshot_state()}
-    assert set(states) == {"http://modules.example/m.wasm", "oci://registry.example/auth:1"}
-    assert states["http://modules.example/m.wasm"].state == "pending"
-    failed = states["oci://registry.example/auth:1"]
-    assert failed.state == "failed"
-    assert failed.error_reason == "unsupported_scheme"
-    assert failed.last_error is not None
-    assert "not supported" in failed.last_error
+    request = ModuleRequest(url="ftp://user:s3cret@modules.example/m.wasm")
+    outcome = resolver.resolve(request)
+    assert isinstance(outcome, Failed)
+    assert outcome.error.reason == "unsupported_scheme"
+    assert "ftp://modules.example/m.wasm" in str(outcome.error)
+    for text in (str(outcome.error), repr(outcome), repr(resolver.outcome(request))):
+        assert "s3cret" not in text

@@ -18,10 +18,10 @@ from tests.modules.conftest import WASM, ModuleServer
 from tests.reconcile.test_reconcile import NODE, Harness
 from wasmxds.admin.views import plugins_view
 from wasmxds.api.objects import ObjectKey, WasmPlugin
+from wasmxds.backoff import Backoff
 from wasmxds.cli.status import print_why
 from wasmxds.errors import ChecksumMismatchError, FetchError
 from wasmxds.metrics import Metrics
-from wasmxds.modules.backoff import Backoff
 from wasmxds.modules.http import HttpFetcher
 from wasmxds.modules.index import ModuleIndex
 from wasmxds.modules.purge import CachePurger
@@ -30,8 +30,8 @@ from wasmxds.modules.settings import FetcherSettings
 from wasmxds.modules.store import ModuleStore
 from wasmxds.modules.types import Failed, Module, Pending, Ready
 from wasmxds.reconcile import Reconciler, Serving
-from wasmxds.reports import plugin_reports
-from wasmxds.sources.kube.status import ModuleState, ObservedObject, desired_status
+from wasmxds.reconcile.kubestatus import ModuleReadiness, ObservedObject, desired_status
+from wasmxds.reconcile.reports import plugin_reports
 from wasmxds.sources.state import SourceState
 from wasmxds.translate.filters import StandIn
 from wasmxds.translate.plugins import InlineDelivery, LocalDelivery
@@ -208,7 +208,7 @@ async def test_failure_is_reported_with_what_is_served():
     }
 
     report = plugin_reports(h.reconciler.status, [], h.snapshot)[key]
-    assert (report.state, report.last_good) == (ModuleState.UNAVAILABLE, True)
+    assert (report.state, report.last_good) == (ModuleReadiness.UNAVAILABLE, True)
     patch, _ = desired_status(ObservedObject(key, generation=2), report)
     [condition] = patch["status"]["conditions"]
     assert (condition["status"], condition["reason"]) == ("False", "ModuleUnavailable")
@@ -339,7 +339,7 @@ async def test_module_too_large_for_inline_delivery_keeps_the_last_good_version(
     assert status.serving is Serving.LAST_GOOD
     assert "inline delivery takes at most 100" in status.unavailable
     report = plugin_reports(h.reconciler.status, [], h.snapshot)[status.plugin.key]
-    assert (report.state, report.last_good) == (ModuleState.UNAVAILABLE, True)
+    assert (report.state, report.last_good) == (ModuleReadiness.UNAVAILABLE, True)
     assert "inline delivery" in report.error
     # Nothing retries a module that is too large: the status says what to do instead.
     patch, _ = desired_status(ObservedObject(status.plugin.key, generation=2), report)

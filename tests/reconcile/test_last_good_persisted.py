@@ -16,12 +16,12 @@ from tests.reconcile.test_last_good import GOOD, NOT_FOUND, TYPO, collect, serve
 from tests.reconcile.test_last_good import served_wasm as served_wasm_of
 from tests.reconcile.test_reconcile import FakeModules
 from wasmxds.api.objects import WasmPlugin
-from wasmxds.last_good import LAST_GOOD_FILE, LastGoodFile
 from wasmxds.modules.index import ModuleIndex
 from wasmxds.modules.purge import CachePurger
 from wasmxds.modules.store import ModuleStore
 from wasmxds.modules.types import Failed, Module, Pending, Ready
 from wasmxds.reconcile import Reconciler, Serving
+from wasmxds.reconcile.last_good import LAST_GOOD_FILE, LastGoodFile
 from wasmxds.sources.state import SourceState
 from wasmxds.translate.filters import StandIn
 from wasmxds.translate.plugins import Delivery, InlineDelivery, LocalDelivery

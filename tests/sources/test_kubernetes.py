@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tests.kube.fakeapi import FakeKube, pull_secret, running_fake_kube, wasmplugin
+from tests.sources.kube.fakeapi import FakeKube, pull_secret, running_fake_kube, wasmplugin
 from wasmxds.api.objects import ObjectKey
-from wasmxds.modules.backoff import Backoff
+from wasmxds.backoff import Backoff
 from wasmxds.sources.kube import client as kube_client
 from wasmxds.sources.kube.client import KubeClient
 from wasmxds.sources.kube.protocol import ClientConfig

@@ -29,6 +29,7 @@ from wasmxds.admin.views import Readiness, config_dump, plugins_view, syncz
 from wasmxds.api.objects import ObjectKey, Problem
 from wasmxds.metrics import Metrics
 from wasmxds.modules.index import ModuleIndex
+from wasmxds.modules.resolver import pinned_digest
 from wasmxds.modules.store import ModuleStore, is_digest
 from wasmxds.modules.types import Module, ModuleRequest, Pending
 from wasmxds.reconcile import PluginStatus
@@ -109,19 +110,13 @@ def _digests_of(request: ModuleRequest, index: ModuleIndex | None) -> tuple[set[
             known.add(ref.digest)  # what this URL resolved to before (a tag may have moved)
         # OCI: sha256 (Istio's meaning) or the URL's @sha256: name the manifest,
         # and a manifest seen before names its module for good.
-        for manifest in (pinned, _url_pin(request.url)):
+        for manifest in (pinned, pinned_digest(request.url)):
             if is_digest(manifest) and (module := index.manifest_module(manifest)) is not None:
                 known.add(module)
                 exact = True
     if is_digest(pinned):
         known.add(pinned)  # an OCI sha256 may also be the module's own digest
     return known, exact
-
-
-def _url_pin(url: str) -> str:
-    """The digest an ``oci://…@sha256:<hex>`` URL pins, or ""."""
-    _, sep, digest = url.rpartition("@sha256:")
-    return digest.lower() if sep and url.startswith("oci://") else ""
 
 
 def _printable(text: str, limit: int = 200) -> str:

@@ -18,7 +18,7 @@ from wasmxds.api.objects import ObjectKey
 from wasmxds.api.proto import wasm_pb2
 from wasmxds.modules.types import Failed, LocalFile, Module, Pending, Ready
 from wasmxds.reconcile import PluginStatus, Serving, module_request
-from wasmxds.reports import INLINE_TOO_LARGE_ACTION, holders
+from wasmxds.reconcile.reports import INLINE_TOO_LARGE_ACTION, holders
 from wasmxds.xds.delta import DeltaTypeState
 from wasmxds.xds.node import NodeInfo
 from wasmxds.xds.resources import PreparedResource

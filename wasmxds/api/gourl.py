@@ -55,7 +55,8 @@ def _unescape(text: str, *, host: bool = False, zone: bool = False) -> str:
         return text
     hexdigits = "0123456789abcdefABCDEF"
     i = 0
-    out: list[str] = []
+    # Go unescapes into bytes: "%e4%b8%96" is one character, as UTF-8.
+    out = bytearray()
     while i < len(text):
         c = text[i]
         if c == "%":
@@ -67,14 +68,14 @@ def _unescape(text: str, *, host: bool = False, zone: bool = False) -> str:
                 raise GoURLError(f'invalid URL escape "{chunk}"')
             if zone and chunk != "%25" and byte != 0x20 and _should_escape_host(chr(byte)):
                 raise GoURLError(f'invalid URL escape "{chunk}"')
-            out.append(chr(byte))
+            out.append(byte)
             i += 3
             continue
         if (host or zone) and ord(c) < 0x80 and _should_escape_host(c):
             raise GoURLError(f'invalid character "{c}" in host name')
-        out.append(c)
+        out += c.encode("utf-8", "surrogatepass")
         i += 1
-    return "".join(out)
+    return out.decode("utf-8", "surrogateescape")
 
 
 def _get_scheme(raw: str) -> tuple[str, str]:

@@ -109,3 +109,17 @@ class WasmPlugin:
     @property
     def resource_name(self) -> str:
         return self.key.resource_name
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedObject:
+    """One WasmPlugin object after validation.
+
+    ``plugin`` is None when any error was found; ``key`` is set whenever the
+    object's namespace and name could be read, valid or not, so a source can
+    keep serving the last good version of an object that broke.
+    """
+
+    plugin: WasmPlugin | None
+    key: ObjectKey | None
+    problems: tuple[Problem, ...]

@@ -7,7 +7,7 @@ unless they look like a WasmPlugin gone wrong: ``kind: WasmPlugin`` with the
 wrong apiVersion, an ``extensions.istio.io`` object without a kind, or an
 object with neither apiVersion nor kind whose spec has a ``url``.
 Maistra's deprecated ServiceMeshExtension (``maistra.io/v1``) is read too: it
-is converted (:mod:`wasmxds.api.servicemeshextension`) and becomes the
+is converted (:mod:`wasmxds.maistra.servicemeshextension`) and becomes the
 WasmPlugin of the same namespace/name, with a deprecation warning.
 ``kubernetes.io/dockerconfigjson`` Secrets (image pull secrets) are collected
 too (:mod:`wasmxds.api.secrets`); Secrets of other types are skipped.
@@ -56,17 +56,13 @@ from wasmxds.api.objects import (
     KIND,
     ObjectKey,
     Origin,
+    ParsedObject,
     Problem,
     Severity,
     WasmPlugin,
 )
 from wasmxds.api.proto import wasm_pb2
 from wasmxds.api.secrets import PullSecret, parse_secret
-from wasmxds.api.servicemeshextension import (
-    EXTENSION_API_VERSIONS,
-    EXTENSION_KIND,
-    parse_extension,
-)
 from wasmxds.api.validate import (
     dns1123_label_error,
     dns1123_subdomain_error,
@@ -75,6 +71,11 @@ from wasmxds.api.validate import (
     validate_spec,
 )
 from wasmxds.api.yamlload import YamlSyntaxError, load_documents
+from wasmxds.maistra.servicemeshextension import (
+    EXTENSION_API_VERSIONS,
+    EXTENSION_KIND,
+    parse_extension,
+)
 
 __all__ = [
     "ParsedFile",
@@ -112,20 +113,6 @@ _METADATA: dict[str, type | tuple[type, ...]] = {
 }
 
 _MAX_ANNOTATIONS_BYTES = 256 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedObject:
-    """One WasmPlugin object after validation.
-
-    ``plugin`` is None when any error was found; ``key`` is set whenever the
-    object's namespace and name could be read, valid or not, so a source can
-    keep serving the last good version of an object that broke.
-    """
-
-    plugin: WasmPlugin | None
-    key: ObjectKey | None
-    problems: tuple[Problem, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +239,7 @@ def parse_object(
     if verdict is _Verdict.EXTENSION:
         return parse_extension(
             value,
+            check=parse_object,
             source=source,
             line=line,
             locate=where,

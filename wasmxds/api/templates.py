@@ -27,7 +27,6 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -326,7 +325,3 @@ def parse_templates(data: bytes, path: str, limits: Limits = DEFAULT_LIMITS) -> 
         elif isinstance(template, ClusterTemplate):
             clusters.append(template)
     return ParsedTemplates(path, tuple(listeners), tuple(clusters), tuple(problems))
-
-
-def parse_template_file(path: Path) -> ParsedTemplates:
-    return parse_templates(path.read_bytes(), str(path))

@@ -21,11 +21,12 @@ import dataclasses
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from wasmxds.api.objects import ObjectKey, Problem, WasmPlugin
 from wasmxds.api.secrets import PullSecret
+from wasmxds.backoff import Backoff
 from wasmxds.errors import (
     ChecksumMismatchError,
     DigestMismatchError,
@@ -33,7 +34,6 @@ from wasmxds.errors import (
     ModuleError,
     RegistryAuthError,
 )
-from wasmxds.modules.backoff import Backoff
 from wasmxds.modules.http import HttpFetcher
 from wasmxds.modules.index import ModuleIndex
 from wasmxds.modules.oci.fetcher import DEFAULT_OCI_SETTINGS, OciFetcher
@@ -48,23 +48,15 @@ __all__ = ["FetchOptions", "check_modules"]
 
 # The resolver retries a failed fetch after this long; the check is over well before.
 _NO_RETRY = Backoff(initial=3600.0, max=3600.0)
-_FETCH_DEFAULTS = FetcherSettings()
 
 
 @dataclass(frozen=True, slots=True)
 class FetchOptions:
     """The fetch settings ``serve`` would use, plus how long the whole check may take."""
 
-    insecure_hosts: frozenset[str] = frozenset()
-    ca_file: Path | None = None
-    max_size: int | None = None
+    fetch: FetcherSettings = field(default_factory=FetcherSettings)
     timeout: float = 120.0
     max_parallel: int = 4
-    # serve's --fetch-connect-timeout, --fetch-idle-timeout, --fetch-min-rate, --fetch-rate-window
-    connect_timeout: float = _FETCH_DEFAULTS.connect_timeout
-    read_timeout: float = _FETCH_DEFAULTS.read_timeout
-    min_rate: float = _FETCH_DEFAULTS.min_rate
-    rate_window: float = _FETCH_DEFAULTS.rate_window
 
 
 def _field(error: ModuleError) -> str:
@@ -106,16 +98,7 @@ async def check_modules(
     """Fetch and verify each plugin's module; one problem per plugin whose module fails."""
     if not plugins:
         return []
-    settings = FetcherSettings(
-        insecure_hosts=options.insecure_hosts,
-        ca_file=options.ca_file,
-        connect_timeout=options.connect_timeout,
-        read_timeout=options.read_timeout,
-        min_rate=options.min_rate,
-        rate_window=options.rate_window,
-    )
-    if options.max_size is not None:
-        settings = dataclasses.replace(settings, max_size=options.max_size)
+    settings = options.fetch
     requests = [module_request(plugin) for plugin in plugins]
     changed = asyncio.Event()
     with tempfile.TemporaryDirectory(prefix="wasmxds-validate-") as cache:

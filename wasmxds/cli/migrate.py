@@ -1,6 +1,6 @@
 """``wasmxds migrate FILE...``: Maistra ServiceMeshExtensions rewritten as WasmPlugins.
 
-The conversion is :func:`wasmxds.api.servicemeshextension.convert_extension`,
+The conversion is :func:`wasmxds.maistra.servicemeshextension.convert_extension`,
 the one the directory source uses to serve old manifests, so what ``migrate``
 prints is what ``wasmxds serve`` would have served. WasmPlugin YAML goes to
 stdout; problems go to stderr as ``path:line: message``, like ``validate``.
@@ -20,15 +20,16 @@ import yaml
 
 from wasmxds.api.convert import FieldPath, Issue, Locator, prefixed
 from wasmxds.api.objects import DEFAULT_NAMESPACE, ObjectKey, Problem, Severity
-from wasmxds.api.servicemeshextension import (
+from wasmxds.api.parse import parse_object
+from wasmxds.api.yamlload import YamlSyntaxError, load_documents
+from wasmxds.cli.validate import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, STDIN, _collect, _plural
+from wasmxds.log import configure_logging
+from wasmxds.maistra.servicemeshextension import (
     EXTENSION_KIND,
     convert_extension,
     is_extension,
     key_of,
 )
-from wasmxds.api.yamlload import YamlSyntaxError, load_documents
-from wasmxds.cli.validate import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, STDIN, _collect, _plural
-from wasmxds.log import configure_logging
 
 __all__ = ["dump_documents", "register", "run"]
 
@@ -179,6 +180,7 @@ class _Run:
         where = prefixed(locate, prefix)
         converted, problems = convert_extension(
             value,
+            check=parse_object,
             path=path,
             locate=where,
             default_namespace=DEFAULT_NAMESPACE,

@@ -71,7 +71,9 @@ async def _pull(args: argparse.Namespace) -> Fetched:
     credentials = await asyncio.to_thread(credentials_for, args, ref)
     fetcher = OciFetcher(store=store, index=index, settings=fetch_settings(args))
     try:
-        fetched = await fetcher.pull(ref, credentials, sha256=args.sha256, shown=redact_url(url))
+        fetched = await fetcher.pull(
+            ref, credentials, sha256=args.sha256, display_url=redact_url(url)
+        )
     finally:
         await fetcher.aclose()
     index.record(

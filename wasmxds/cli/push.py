@@ -63,7 +63,7 @@ async def _push(args: argparse.Namespace) -> tuple[str, str]:
     image = build_image(wasm, PushLayout(args.layout), name=args.file.name)
     credentials = await asyncio.to_thread(credentials_for, args, ref)
     async with RegistryClient(settings=fetch_settings(args)) as client:
-        repo = client.repository(ref, credentials, shown=redact_url(url), push=True)
+        repo = client.repository(ref, credentials, display_url=redact_url(url), push=True)
         digest = await push_image(repo, ref.tag, image)
     return str(ref), digest
 

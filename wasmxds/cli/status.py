@@ -15,13 +15,16 @@ from typing import Any
 
 import httpx
 
+from wasmxds.settings import ADMIN_ADDRESS
+
 __all__ = ["register"]
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--admin-address",
-        default="127.0.0.1:18001",
+        # The address `wasmxds serve` listens on unless told otherwise.
+        default=ADMIN_ADDRESS.default,
         metavar="HOST:PORT",
         help="the admin address of the wasmxds to ask (default %(default)s)",
     )

@@ -25,7 +25,7 @@ from wasmxds.cli.fetchcheck import FetchOptions, check_modules
 from wasmxds.cli.registry import add_registry_arguments, fetch_values
 from wasmxds.errors import SettingsError
 from wasmxds.log import configure_logging
-from wasmxds.settings import parse_duration
+from wasmxds.settings import ServeSettings, fetcher_settings, parse_duration
 
 __all__ = ["EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "register", "run"]
 
@@ -229,17 +229,9 @@ async def _until_terminated(files: list[ParsedFile], options: FetchOptions) -> l
 
 
 def _fetch_options(args: argparse.Namespace) -> FetchOptions:
-    shared = fetch_values(args)  # parsed and checked as serve does
-    return FetchOptions(
-        insecure_hosts=shared["insecure_registries"],
-        ca_file=shared["registry_ca"],
-        max_size=shared["max_module_size"],
-        timeout=parse_duration(args.fetch_timeout),
-        connect_timeout=shared["fetch_connect_timeout"],
-        read_timeout=shared["fetch_idle_timeout"],
-        min_rate=shared["fetch_min_rate"],
-        rate_window=shared["fetch_rate_window"],
-    )
+    # Parsed and checked as serve does, and turned into download settings the same way.
+    shared = ServeSettings(config_dirs=(), **fetch_values(args))
+    return FetchOptions(fetch=fetcher_settings(shared), timeout=parse_duration(args.fetch_timeout))
 
 
 async def _check_modules(files: list[ParsedFile], options: FetchOptions) -> list[Problem]:

@@ -99,7 +99,7 @@ class Downloader:
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
-        tb: TracebackType | None,
+        _tb: TracebackType | None,
     ) -> None:
         await self.aclose()
 

@@ -81,7 +81,7 @@ class HttpFetcher(Downloader):
 
     async def fetch(self, request: ModuleRequest) -> Fetched:
         """Download, unbox, verify and store the module; raise a :class:`ModuleError` if not."""
-        shown = request.display_url
+        display_url = request.display_url
         settings = self.settings
         total = settings.total_timeout
         spool = await self._store.spool()
@@ -89,26 +89,28 @@ class HttpFetcher(Downloader):
             with one_grace(settings.min_rate, settings.rate_window):
                 async with asyncio.timeout(total):
                     saved = await retrying(
-                        lambda: self._get(request.url, shown, spool),
+                        lambda: self._get(request.url, display_url, spool),
                         settings=settings,
-                        url=shown,
+                        url=display_url,
                         summary=lambda detail, tries: f"download failed after {tries}: {detail}",
                     )
         except TimeoutError as exc:
             if total is None:
                 raise  # not our deadline
-            raise FetchError(f"download did not finish within {total:g} s", url=shown) from exc
+            raise FetchError(
+                f"download did not finish within {total:g} s", url=display_url
+            ) from exc
         try:
             return Fetched(await self._keep(saved, request))
         except ModuleError as exc:
-            exc.about(shown)
+            exc.about(display_url)
             raise
         finally:
             await asyncio.to_thread(saved.path.unlink, missing_ok=True)
 
-    async def _get(self, url: str, shown: str, spool: Path) -> Saved:
+    async def _get(self, url: str, display_url: str, spool: Path) -> Saved:
         """One GET; raises TryAgain for failures Istio retries at once, else a ModuleError."""
-        with httpx_errors(shown, self.settings, unreachable=_unreachable):
+        with httpx_errors(display_url, self.settings, unreachable=_unreachable):
             async with self.http.stream("GET", url) as response:
                 return await self._save_body(response, spool)
 

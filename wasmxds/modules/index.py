@@ -24,12 +24,8 @@ worker thread.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -40,6 +36,7 @@ import structlog
 
 from wasmxds.modules.store import is_digest
 from wasmxds.modules.types import redact_url
+from wasmxds.statefile import StateFile
 
 __all__ = ["INDEX_FILE", "ModuleIndex", "RefRecord"]
 
@@ -77,13 +74,23 @@ class ModuleIndex:
     """The persistent index; ``path=None`` keeps it in memory only (tests, one-shot pulls)."""
 
     def __init__(self, path: Path | None = None, *, clock: Callable[[], float] = time.time) -> None:
-        self.path = path
         self._clock = clock
         self._refs: dict[str, RefRecord] = {}
         self._manifests: dict[str, tuple[str, str]] = {}
         self._modules: dict[str, _ModuleRecord] = {}
-        self._dirty = False
-        self._lock = asyncio.Lock()
+        # Not secret, but it names every module URL the operator uses: owner only.
+        # Encoding thousands of entries takes a while: done with the write, off the loop.
+        self._file = StateFile(
+            path,
+            prefix=".index-",
+            failed_event="modules.index_write_failed",
+            snapshot=self.document,
+            encode=_encode,
+        )
+
+    @property
+    def path(self) -> Path | None:
+        return self._file.path
 
     # ------------------------------------------------------------- loading
 
@@ -109,7 +116,7 @@ class ModuleIndex:
                 action="ignored; modules are re-indexed as they are fetched",
             )
             index = cls(path, clock=clock)
-            index._dirty = True  # replace the bad file at the next flush
+            index._file.dirty = True  # replace the bad file at the next flush
         return index
 
     def _read(self, document: Any) -> None:
@@ -139,7 +146,7 @@ class ModuleIndex:
                 skipped += 1
         if skipped:
             log.warning("modules.index_entries_skipped", path=str(self.path), count=skipped)
-            self._dirty = True
+            self._file.dirty = True
 
     # ------------------------------------------------------------- queries
 
@@ -188,17 +195,17 @@ class ModuleIndex:
             digest=digest, manifest=manifest, layout=layout, fetched_at=now, url=redact_url(url)
         )
         self._modules[digest] = _ModuleRecord(size, now)
-        self._dirty = True
+        self._file.dirty = True
 
     def record_manifest(
         self, manifest_digest: str, module_digest: str, size: int, layout: str = ""
     ) -> None:
         if self._manifests.get(manifest_digest) != (module_digest, layout):
             self._manifests[manifest_digest] = (module_digest, layout)
-            self._dirty = True
+            self._file.dirty = True
         if module_digest not in self._modules:
             self._modules[module_digest] = _ModuleRecord(size, self._clock())
-            self._dirty = True
+            self._file.dirty = True
 
     def touch(self, digests: Iterable[tuple[str, int]]) -> None:
         """Record that these (digest, size) modules are in use now."""
@@ -207,10 +214,10 @@ class ModuleIndex:
             record = self._modules.get(digest)
             if record is None:
                 self._modules[digest] = _ModuleRecord(size, now)
-                self._dirty = True
+                self._file.dirty = True
             elif now - record.last_used >= _TOUCH_GRANULARITY:
                 record.last_used = now
-                self._dirty = True
+                self._file.dirty = True
 
     def forget(self, digest: str) -> None:
         """Drop a module that left the disk, and every ref and manifest pointing at it."""
@@ -219,7 +226,7 @@ class ModuleIndex:
             del self._refs[key]
         for key in [k for k, (module, _) in self._manifests.items() if module == digest]:
             del self._manifests[key]
-        self._dirty = True
+        self._file.dirty = True
 
     # ------------------------------------------------------------- saving
 
@@ -244,49 +251,13 @@ class ModuleIndex:
 
     async def flush(self) -> None:
         """Write the index if it changed; disk I/O runs in a worker thread."""
-        if self.path is None or not self._dirty:
-            return
-        async with self._lock:
-            if not self._dirty:
-                return
-            document = self.document()
-            self._dirty = False
-            try:
-                # Encoding thousands of entries takes a while: not on the event loop.
-                await asyncio.to_thread(_write_atomically, self.path, document)
-            except OSError as exc:
-                self._dirty = True
-                log.warning("modules.index_write_failed", path=str(self.path), error=str(exc))
-            except BaseException:
-                self._dirty = True  # cancelled mid-write: the shutdown flush writes it again
-                raise
+        await self._file.flush()
 
     def flush_sync(self) -> None:
         """Write now, from synchronous code (one-shot commands)."""
-        if self.path is None or not self._dirty:
-            return
-        _write_atomically(self.path, self.document())
-        self._dirty = False
+        self._file.flush_sync()
 
 
 def _encode(document: dict[str, Any]) -> bytes:
     plain = {**document, "refs": {key: asdict(ref) for key, ref in document["refs"].items()}}
     return json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _write_atomically(path: Path, document: dict[str, Any]) -> None:
-    data = _encode(document)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".index-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            # Not secret, but it names every module URL the operator uses: owner only.
-            os.fchmod(out.fileno(), 0o600)
-            os.fsync(out.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise

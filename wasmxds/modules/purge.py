@@ -42,7 +42,6 @@ class PurgeReport:
     expired: tuple[str, ...] = ()
     evicted: tuple[str, ...] = ()
     kept_bytes: int = 0
-    freed_bytes: int = 0
 
 
 class CachePurger:
@@ -120,7 +119,7 @@ class CachePurger:
                 limit=self.max_bytes,
                 reason="every remaining module is referenced by the current snapshot",
             )
-        report = PurgeReport(tuple(expired), tuple(evicted), total, freed)
+        report = PurgeReport(tuple(expired), tuple(evicted), total)
         if expired or evicted:
             log.info(
                 "modules.purged",

@@ -32,13 +32,13 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import structlog
 
 from wasmxds.api.moduleurl import OCI_PREFIX
+from wasmxds.backoff import Backoff
 from wasmxds.errors import (
     FetchError,
     MissingPullSecretError,
@@ -46,7 +46,6 @@ from wasmxds.errors import (
     UnsupportedSchemeError,
 )
 from wasmxds.metrics import Metrics
-from wasmxds.modules.backoff import Backoff
 from wasmxds.modules.index import ModuleIndex
 from wasmxds.modules.secrets import PullSecrets
 from wasmxds.modules.slots import PullSlots, SlotTakenBack
@@ -63,7 +62,7 @@ from wasmxds.modules.types import (
     Ready,
 )
 
-__all__ = ["Fetcher", "ModuleResolver", "ModuleState"]
+__all__ = ["Fetcher", "ModuleResolver", "pinned_digest"]
 
 log = structlog.get_logger(__name__)
 
@@ -83,27 +82,6 @@ class Fetcher(Protocol):
     async def fetch(self, request: ModuleRequest) -> bytes | Fetched: ...
 
 
-@dataclass(frozen=True, slots=True)
-class ModuleState:
-    """One wanted module as a status page shows it. ``url`` never carries credentials."""
-
-    url: str
-    sha256: str
-    pull_policy: str
-    generation: str
-    state: Literal["pending", "ready", "stale", "failed"]
-    fetching: bool
-    attempts: int
-    last_error: str | None
-    error_reason: str | None
-    digest: str | None
-    size: int | None
-    path: str | None
-    next_retry_in: float | None
-    layout: str | None = None
-    manifest_digest: str | None = None
-
-
 class _Entry:
     """The resolver's bookkeeping for one cache key."""
 
@@ -113,7 +91,6 @@ class _Entry:
         "fetching",
         "outcome",
         "request",
-        "retry_at",
         "secret_version",
         "task",
     )
@@ -125,7 +102,6 @@ class _Entry:
         self.outcome = outcome
         self.attempts = 0
         self.fetching = False
-        self.retry_at: float | None = None
         self.task: asyncio.Task[None] | None = None
         # The pull secret's content version this entry's fetches used.
         self.secret_version = secret_version
@@ -280,18 +256,13 @@ class ModuleResolver:
                 or entry.task is not None
                 or entry.fetched_at is None
                 or now - entry.fetched_at < max_age
-                or _pinned_digest(request.url)
+                or pinned_digest(request.url)
                 or not isinstance(entry.outcome, Ready)
             ):
                 continue
             self._queue.put_nowait(key)
             queued += 1
         return queued
-
-    def snapshot_state(self) -> list[ModuleState]:
-        """Per-request status for debugging and status pages."""
-        now = self._clock()
-        return [self._state(entry, now) for entry in self._entries.values()]
 
     # ----------------------------------------------------------------- running
 
@@ -380,7 +351,6 @@ class ModuleResolver:
             layout=fetched.layout,
         )
         entry.attempts += 1
-        entry.retry_at = None
         entry.task = None
         entry.fetched_at = self._clock()
         log.info(
@@ -403,7 +373,6 @@ class ModuleResolver:
         request = entry.request
         entry.attempts += 1
         delay = self._retry.delay(entry.attempts)
-        entry.retry_at = self._clock() + delay
         log.warning(
             "module.fetch_failed",
             url=request.display_url,
@@ -427,7 +396,7 @@ class ModuleResolver:
     # ----------------------------------------------------------------- helpers
 
     def _record(self, request: ModuleRequest, outcome: ModuleOutcome) -> ModuleOutcome:
-        """Remember an outcome decided without downloading (for snapshot_state)."""
+        """Remember an outcome decided without downloading."""
         key = request.cache_key
         entry = self._entries.get(key)
         if entry is None:
@@ -438,7 +407,6 @@ class ModuleResolver:
         if entry.task is not None:
             entry.task.cancel()
             entry.task = None
-        entry.retry_at = None
         self._update(entry, outcome)
         return outcome
 
@@ -463,7 +431,7 @@ class ModuleResolver:
         digest = request.sha256.strip().lower()
         if is_digest(digest):
             candidates += [digest, self.index.manifest_module(digest)]
-        pinned = _pinned_digest(request.url)
+        pinned = pinned_digest(request.url)
         if pinned:
             candidates.append(self.index.manifest_module(pinned))
         for candidate in candidates:
@@ -482,47 +450,12 @@ class ModuleResolver:
             return None
         return module
 
-    def _state(self, entry: _Entry, now: float) -> ModuleState:
-        request = entry.request
-        outcome = entry.outcome
-        error: ModuleError | None = None
-        module: Module | LocalFile | None = None
-        state: Literal["pending", "ready", "stale", "failed"]
-        match outcome:
-            case Ready(module=module, stale=error):
-                state = "ready" if error is None else "stale"
-            case Failed(error=error):
-                state = "failed"
-            case Pending():
-                state = "pending"
-        retry_in = None
-        if entry.retry_at is not None and entry.task is not None:
-            retry_in = max(entry.retry_at - now, 0.0)
-        ref = self.index.ref(request.url, request.sha256, _secret(request))
-        return ModuleState(
-            url=request.display_url,
-            sha256=request.sha256,
-            pull_policy=request.pull_policy.value,
-            generation=request.generation,
-            state=state,
-            fetching=entry.fetching,
-            attempts=entry.attempts,
-            last_error=None if error is None else str(error),
-            error_reason=None if error is None else error.reason,
-            digest=module.digest if isinstance(module, Module) else None,
-            size=module.size if isinstance(module, Module) else None,
-            path=str(module.path) if module is not None else None,
-            next_retry_in=retry_in,
-            layout=(ref.layout or None) if ref is not None else None,
-            manifest_digest=(ref.manifest or None) if ref is not None else None,
-        )
-
 
 def _secret(request: ModuleRequest) -> str:
     return "" if request.pull_secret is None else str(request.pull_secret)
 
 
-def _pinned_digest(url: str) -> str:
+def pinned_digest(url: str) -> str:
     """The hex digest an ``oci://…@sha256:`` URL pins, or ""."""
     if not url.startswith(OCI_PREFIX) or _PINNED not in url:
         return ""
@@ -551,10 +484,6 @@ def _scheme(request: ModuleRequest) -> str:
 
 def _unsupported(request: ModuleRequest, fetchers: Mapping[str, Fetcher]) -> UnsupportedSchemeError:
     scheme = _scheme(request)
-    if scheme == "oci":
-        return UnsupportedSchemeError(
-            "oci:// modules are not supported yet", url=request.display_url
-        )
     supported = ", ".join(sorted({"file", *fetchers}))
     return UnsupportedSchemeError(
         f"unsupported module URL scheme {scheme!r} (supported: {supported})",

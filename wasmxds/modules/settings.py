@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from wasmxds.backoff import Backoff
 from wasmxds.errors import SettingsError
-from wasmxds.modules.backoff import Backoff
 from wasmxds.modules.ssrf import IPNetwork
 
 __all__ = ["DEFAULT_FETCH_BACKOFF", "DEFAULT_MAX_SIZE", "FetcherSettings"]

@@ -37,9 +37,10 @@ import structlog
 
 from wasmxds.api.objects import ObjectKey, Problem, WasmPlugin
 from wasmxds.api.secrets import PullSecret
-from wasmxds.modules.backoff import Backoff
+from wasmxds.backoff import Backoff
 from wasmxds.sources.kube.client import KubeClient
 from wasmxds.sources.kube.objects import (
+    ObservedObject,
     Parser,
     Record,
     needs_parse,
@@ -50,7 +51,6 @@ from wasmxds.sources.kube.objects import (
 )
 from wasmxds.sources.kube.protocol import Collection
 from wasmxds.sources.kube.reflector import DEFAULT_BACKOFF, DEFAULT_WATCH_TIMEOUT, Reflector
-from wasmxds.sources.kube.status import ObservedObject
 from wasmxds.sources.state import SourceState
 
 __all__ = ["KubernetesSource", "origin_of"]

@@ -63,7 +63,7 @@ def _is_swap_marker(path: Path) -> bool:
     return any(part.startswith("..") and part not in ("..", ".") for part in path.parts)
 
 
-def _watch_filter(change: watchfiles.Change, path: str) -> bool:
+def _watch_filter(_change: watchfiles.Change, path: str) -> bool:
     candidate = Path(path)
     return _is_swap_marker(candidate) or not candidate.name.startswith(".")
 

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from wasmxds.errors import LimitExceeded, ProtocolError
 from wasmxds.xds import wire
 from wasmxds.xds.resources import PreparedResource, PreparedResponse, ResponseKey, references
 from wasmxds.xds.types import ECDS, LISTENER, SEND_ORDER
@@ -55,14 +56,6 @@ _NONCE = 5
 
 NOTHING = PreparedResponse((), (), "", b"")
 """The shared answer "nothing to send": memoized like a response, never sent."""
-
-
-class ProtocolError(Exception):
-    """The client broke the protocol; the stream should end with INVALID_ARGUMENT."""
-
-
-class LimitExceeded(ProtocolError):
-    """The client asked for more than a stream may hold; the stream ends with RESOURCE_EXHAUSTED."""
 
 
 class Verdict(enum.Enum):

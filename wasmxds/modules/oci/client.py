@@ -146,10 +146,12 @@ class RegistryClient(Downloader):
         self._auth: dict[tuple[str, str, bool, RegistryCredentials | None], _AuthState] = {}
 
     def repository(
-        self, ref: Reference, credentials: Credentials, *, shown: str = "", push: bool = False
+        self, ref: Reference, credentials: Credentials, *, display_url: str = "", push: bool = False
     ) -> Repository:
-        """Operations on ``ref``'s repository; errors start with ``shown`` (a redacted URL)."""
-        return Repository(self, ref, credentials, shown=shown or f"oci://{ref}", push=push)
+        """Operations on ``ref``'s repository; errors name ``display_url`` (redacted)."""
+        return Repository(
+            self, ref, credentials, display_url=display_url or f"oci://{ref}", push=push
+        )
 
     def scheme_for(self, host: str) -> str:
         return "http" if host in self._plain else "https"
@@ -195,14 +197,14 @@ class Repository:
         ref: Reference,
         credentials: Credentials,
         *,
-        shown: str,
+        display_url: str,
         push: bool,
     ) -> None:
         self._client = client
         self._ref = ref
         self._host = ref.host
         self._credentials = credentials
-        self._shown = shown
+        self._display_url = display_url
         self._push = push
         self._scope = f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
         self._state = client.auth_state((self._host, ref.repository, push, credentials.value))
@@ -219,14 +221,14 @@ class Repository:
             too_large=lambda n: FetchError(
                 f"manifest is larger than {n} bytes",
                 retryable=False,
-                url=self._shown,
+                url=self._display_url,
             ),
         )
         digest = hashlib.sha256(reply.body).hexdigest()
         if identifier.startswith("sha256:") and identifier != f"sha256:{digest}":
             raise DigestMismatchError(
                 f"the registry returned a manifest with digest sha256:{digest} for {identifier}",
-                url=self._shown,
+                url=self._display_url,
             )
         content_type = reply.headers.get("content-type", "")
         return ManifestData(reply.body, digest, content_type)
@@ -238,7 +240,7 @@ class Repository:
         if size > max_size:
             raise ModuleTooLargeError(
                 f"{label} is {size} bytes, over the {max_size}-byte limit",
-                url=self._shown,
+                url=self._display_url,
             )
         reply = await self._call(
             "GET",
@@ -247,7 +249,7 @@ class Repository:
             spool=spool,
             too_large=lambda n: DigestMismatchError(
                 f"{label} is larger than the {n} bytes its descriptor says",
-                url=self._shown,
+                url=self._display_url,
             ),
         )
         saved = reply.saved
@@ -257,7 +259,7 @@ class Repository:
             raise DigestMismatchError(
                 f"{label} downloaded as {saved.size} bytes with digest"
                 f" sha256:{saved.digest[:12]}, not the {size} bytes the manifest describes",
-                url=self._shown,
+                url=self._display_url,
             )
         return saved.path
 
@@ -273,7 +275,9 @@ class Repository:
         started = await self._call("POST", "blobs/uploads/", ok=(202,), content=b"")
         location = started.headers.get("location")
         if not location:
-            raise FetchError("the registry started an upload without a Location", url=self._shown)
+            raise FetchError(
+                "the registry started an upload without a Location", url=self._display_url
+            )
         target = httpx.URL(urljoin(str(started.url), location))
         target = target.copy_merge_params({"digest": f"sha256:{digest}"})
         await self._call(
@@ -332,7 +336,7 @@ class Repository:
         reply = await retrying(
             attempt,
             settings=self._client.settings,
-            url=self._shown,
+            url=self._display_url,
             summary=lambda detail, tries: f"{detail} (after {tries})",
         )
         if reply.status in ok:
@@ -355,7 +359,7 @@ class Repository:
 
         try:
             with httpx_errors(
-                self._shown,
+                self._display_url,
                 self._client.settings,
                 where=f"{method} {_path_of(httpx.URL(url))}",
                 unreachable=self._unreachable,
@@ -418,7 +422,7 @@ class Repository:
                     raise RegistryAuthError(
                         f"registry {self._host} requires a username and password;"
                         f" {self._credentials.source} has none for it",
-                        url=self._shown,
+                        url=self._display_url,
                     )
                 self._state.basic = basic_header(creds)
                 return
@@ -427,7 +431,7 @@ class Repository:
         schemes = ", ".join(c.scheme for c in challenges)
         raise RegistryAuthError(
             f"registry {self._host} asks for unsupported auth scheme(s): {schemes}",
-            url=self._shown,
+            url=self._display_url,
         )
 
     async def _fetch_token(self, realm: str, params: dict[str, str]) -> Token:
@@ -448,7 +452,9 @@ class Repository:
         def unreachable(exc: httpx.TransportError) -> BaseException:
             return FetchError(f"cannot reach {where}: {type(exc).__name__}")
 
-        with httpx_errors(self._shown, self._client.settings, where=where, unreachable=unreachable):
+        with httpx_errors(
+            self._display_url, self._client.settings, where=where, unreachable=unreachable
+        ):
             if creds is not None and creds.identity_token:
                 # OAuth2 refresh-token grant: what `docker login` stores for ACR and the like.
                 form = {
@@ -475,13 +481,13 @@ class Repository:
             raise RegistryAuthError(
                 f"the token service on {realm_host} refused"
                 f" {self._credentials.source} (HTTP {status})",
-                url=self._shown,
+                url=self._display_url,
             )
         if status != 200:
             raise FetchError(
                 f"the token service on {realm_host} answered HTTP {status}",
                 retryable=retry_later(status),
-                url=self._shown,
+                url=self._display_url,
             )
         return parse_token(body, realm_host)
 
@@ -493,18 +499,18 @@ class Repository:
             self._state.basic = None
             return RegistryAuthError(
                 f"registry {self._host} refused {self._credentials.source} ({where}: {detail})",
-                url=self._shown,
+                url=self._display_url,
             )
         if reply.status == 403:
             return RegistryAuthError(
                 f"registry {self._host} denied access with"
                 f" {self._credentials.source} ({where}: {detail})",
-                url=self._shown,
+                url=self._display_url,
             )
         if reply.status == 404:
-            return FetchError(f"not found ({where}: {detail})", url=self._shown)
+            return FetchError(f"not found ({where}: {detail})", url=self._display_url)
         return FetchError(
-            f"{where}: {detail}", retryable=retry_later(reply.status), url=self._shown
+            f"{where}: {detail}", retryable=retry_later(reply.status), url=self._display_url
         )
 
 

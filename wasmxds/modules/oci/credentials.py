@@ -44,11 +44,11 @@ def load_file(path: Path) -> DockerConfig | None:
 
 
 def from_pull_secret(
-    secrets: PullSecrets | None, key: ObjectKey, ref: Reference, shown: str
+    secrets: PullSecrets | None, key: ObjectKey, ref: Reference, display_url: str
 ) -> Credentials:
     secret = None if secrets is None else secrets.get(key)
     if secret is None:
-        raise MissingPullSecretError(f"image pull secret {key} not found", url=shown)
+        raise MissingPullSecretError(f"image pull secret {key} not found", url=display_url)
     return Credentials(secret.config.lookup(ref.auth_key), f"pull secret {key}")
 
 

@@ -93,37 +93,39 @@ class OciFetcher:
 
     async def fetch(self, request: ModuleRequest) -> Fetched:
         """Resolver entry point: the request's credentials come from its pull secret."""
-        shown = request.display_url
+        display_url = request.display_url
         ref = parse_reference(request.url)
         if request.pull_secret is not None:
-            credentials = creds.from_pull_secret(self._secrets, request.pull_secret, ref, shown)
+            credentials = creds.from_pull_secret(
+                self._secrets, request.pull_secret, ref, display_url
+            )
         else:
             credentials = await asyncio.to_thread(
                 creds.from_docker_config, self._docker_config(), ref
             )
-        return await self.pull(ref, credentials, sha256=request.sha256, shown=shown)
+        return await self.pull(ref, credentials, sha256=request.sha256, display_url=display_url)
 
     async def pull(
-        self, ref: Reference, credentials: Credentials, *, sha256: str = "", shown: str = ""
+        self, ref: Reference, credentials: Credentials, *, sha256: str = "", display_url: str = ""
     ) -> Fetched:
-        shown = shown or redact_url(f"oci://{ref}")
+        display_url = display_url or redact_url(f"oci://{ref}")
         total = self._settings.total_timeout
         try:
             with one_grace(self._settings.min_rate, self._settings.rate_window):
                 async with asyncio.timeout(total):
-                    return await self._pull(ref, credentials, sha256.strip().lower(), shown)
+                    return await self._pull(ref, credentials, sha256.strip().lower(), display_url)
         except TimeoutError as exc:
             if total is None:
                 raise
-            raise FetchError(f"pull did not finish within {total:g} s", url=shown) from exc
+            raise FetchError(f"pull did not finish within {total:g} s", url=display_url) from exc
         except ModuleError as exc:
-            exc.about(shown)  # unless a deeper caller already named the image
+            exc.about(display_url)  # unless a deeper caller already named the image
             raise
 
     async def _pull(
-        self, ref: Reference, credentials: Credentials, expected: str, shown: str
+        self, ref: Reference, credentials: Credentials, expected: str, display_url: str
     ) -> Fetched:
-        repo = self.client.repository(ref, credentials, shown=shown)
+        repo = self.client.repository(ref, credentials, display_url=display_url)
         top = await repo.manifest(ref.identifier, ACCEPT)
         parsed = parse_manifest(top.data, top.content_type)
         index_digest = ""
@@ -146,9 +148,9 @@ class OciFetcher:
             known = self._known(index_digest, manifest_digest)
             if known is not None:
                 module, layout = known
-                log.debug("oci.manifest_known", url=shown, manifest_digest=manifest_digest)
+                log.debug("oci.manifest_known", url=display_url, manifest_digest=manifest_digest)
             else:
-                module, layout = await self._download(repo, image, shown)
+                module, layout = await self._download(repo, image, display_url)
                 for digest in pinned:
                     self._index.record_manifest(digest, module.digest, module.size, layout)
         finally:
@@ -158,7 +160,7 @@ class OciFetcher:
                 f"sha256 {expected} matches neither the image manifest digest"
                 f" {manifest_digest}{f' (index {index_digest})' if index_digest else ''} nor"
                 f" the module's digest {module.digest}",
-                url=shown,
+                url=display_url,
             )
         return Fetched(module, manifest_digest, index_digest, layout)
 
@@ -171,7 +173,7 @@ class OciFetcher:
         return None
 
     async def _download(
-        self, repo: Repository, image: ImageManifest, shown: str
+        self, repo: Repository, image: ImageManifest, display_url: str
     ) -> tuple[Module, str]:
         max_size = self._settings.max_size
         spool = await self._store.spool()
@@ -190,13 +192,13 @@ class OciFetcher:
                 head = extracted.data
                 if len(extracted.data) > max_size:
                     raise ModuleTooLargeError(
-                        f"the module is over the {max_size}-byte limit", url=shown
+                        f"the module is over the {max_size}-byte limit", url=display_url
                     )
             if not is_wasm(head):
                 raise NotWasmError(
                     f"the {extracted.layout} module is not Wasm (it starts with"
                     f" {head[:8]!r}, not b'\\x00asm')",
-                    url=shown,
+                    url=display_url,
                 )
             if extracted.path is not None:
                 downloaded.remove(extracted.path)  # the store takes it over

@@ -69,7 +69,6 @@ class ImageManifest:
     media_type: str
     config: Descriptor
     layers: tuple[Descriptor, ...]
-    artifact_type: str = ""
 
     def media_types(self) -> str:
         """Every media type in the manifest, for "unknown layout" messages."""
@@ -115,7 +114,6 @@ def parse_manifest(data: bytes, content_type: str) -> ImageManifest | ImageIndex
         )
     if media_type in _MANIFESTS or (not media_type and "layers" in document):
         config = document.get("config")
-        artifact = document.get("artifactType")
         return ImageManifest(
             media_type or OCI_MANIFEST,
             _descriptor(config, "config"),
@@ -123,7 +121,6 @@ def parse_manifest(data: bytes, content_type: str) -> ImageManifest | ImageIndex
                 _descriptor(item, f"layers[{i}]")
                 for i, item in enumerate(_list(document, "layers"))
             ),
-            artifact if isinstance(artifact, str) else "",
         )
     raise UnknownLayoutError(
         f"the registry returned a manifest of type {media_type or 'unknown'!r}; expected one of"

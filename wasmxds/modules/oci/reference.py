@@ -59,13 +59,6 @@ class Reference:
         """What to ask the manifests endpoint for: the digest when pinned, else the tag."""
         return f"sha256:{self.digest}" if self.digest else self.tag
 
-    @property
-    def is_latest(self) -> bool:
-        return not self.digest and self.tag == "latest"
-
-    def with_digest(self, digest: str) -> Reference:
-        return Reference(self.registry, self.repository, self.tag, digest)
-
     def __str__(self) -> str:
         tag = f":{self.tag}" if self.tag else ""
         digest = f"@sha256:{self.digest}" if self.digest else ""
@@ -74,11 +67,11 @@ class Reference:
 
 def parse_reference(url: str) -> Reference:
     """Parse ``oci://REF`` (or a bare ``REF``); raises :class:`InvalidReferenceError`."""
-    shown = redact_url(url)
+    display_url = redact_url(url)
     text = url[len(OCI_PREFIX) :] if url[: len(OCI_PREFIX)].lower() == OCI_PREFIX else url
 
     def invalid(why: str) -> InvalidReferenceError:
-        return InvalidReferenceError(f"not a valid OCI image reference: {why}", url=shown)
+        return InvalidReferenceError(f"not a valid OCI image reference: {why}", url=display_url)
 
     if not text:
         raise invalid("it is empty")

@@ -17,6 +17,7 @@ from wasmxds.api.parse import parse_object
 from wasmxds.api.secrets import PullSecret, parse_secret
 
 __all__ = [
+    "ObservedObject",
     "Parser",
     "Record",
     "needs_parse",
@@ -30,6 +31,22 @@ Parser = Callable[[ObjectKey, Mapping[str, Any]], tuple[object | None, list[Prob
 
 # Metadata that changes without the object changing (every status write bumps both).
 _VOLATILE_METADATA = frozenset({"resourceVersion", "managedFields"})
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedObject:
+    """A WasmPlugin as the Kubernetes source last saw it.
+
+    ``problems`` are the validation errors of its latest version (empty when
+    valid); ``served`` says whether a version of it (maybe an older, valid one)
+    is being served; ``status`` is its status as stored on the server.
+    """
+
+    key: ObjectKey
+    generation: int
+    problems: tuple[Problem, ...] = ()
+    served: bool = True
+    status: Mapping[str, Any] = field(default_factory=dict)
 
 
 def origin_of(key: ObjectKey) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from wasmxds.api.objects import ObjectKey
-from wasmxds.modules.backoff import Backoff
+from wasmxds.backoff import Backoff
 from wasmxds.sources.kube.client import KubeClient
 from wasmxds.sources.kube.protocol import (
     Collection,

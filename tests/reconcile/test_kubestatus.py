@@ -8,17 +8,17 @@ from typing import Any, cast
 
 from structlog.testing import capture_logs
 
-from tests.kube.fakeapi import running_fake_kube, wasmplugin
+from tests.sources.kube.fakeapi import running_fake_kube, wasmplugin
 from tests.sources.test_kubernetes import KEY, eventually, plugin, running_source
 from wasmxds.api.objects import ObjectKey, Problem
-from wasmxds.sources.kube.protocol import KubeApiError
-from wasmxds.sources.kube.status import (
-    ModuleState,
+from wasmxds.reconcile.kubestatus import (
+    ModuleReadiness,
     ObservedObject,
     PluginReport,
     StatusWriter,
     desired_status,
 )
+from wasmxds.sources.kube.protocol import KubeApiError
 
 
 def condition_of(patch: dict[str, Any]) -> dict[str, Any]:
@@ -30,16 +30,17 @@ def test_conditions():
     """Each module state maps to a status, a reason and a message with the proxy count."""
     observed = ObservedObject(KEY, generation=3)
     cases = [
-        (PluginReport(ModuleState.FETCHED, proxies=2), "True", "ModuleFetched", "2 proxies"),
-        (PluginReport(ModuleState.UNAVAILABLE, "HTTP 404", 1), "False", "ModuleUnavailable", "404"),
-        (PluginReport(ModuleState.UNAVAILABLE, "HTTP 404", 1), "False", "ModuleUnavailable",
+        (PluginReport(ModuleReadiness.FETCHED, proxies=2), "True", "ModuleFetched", "2 proxies"),
+        (PluginReport(ModuleReadiness.UNAVAILABLE, "HTTP 404", 1), "False", "ModuleUnavailable",
+         "404"),
+        (PluginReport(ModuleReadiness.UNAVAILABLE, "HTTP 404", 1), "False", "ModuleUnavailable",
          "1 proxy gets the failStrategy stand-in"),
-        (PluginReport(ModuleState.UNAVAILABLE, "HTTP 404", 2, last_good=True), "False",
+        (PluginReport(ModuleReadiness.UNAVAILABLE, "HTTP 404", 2, last_good=True), "False",
          "ModuleUnavailable", "2 proxies keep running the last good version"),
-        (PluginReport(ModuleState.PENDING, proxies=1, last_good=True), "Unknown", "Pending",
+        (PluginReport(ModuleReadiness.PENDING, proxies=1, last_good=True), "Unknown", "Pending",
          "1 proxy runs the previous version"),
-        (PluginReport(ModuleState.PENDING), "Unknown", "Pending", "not served until"),
-        (PluginReport(ModuleState.PENDING), "Unknown", "Pending", "fetching"),
+        (PluginReport(ModuleReadiness.PENDING), "Unknown", "Pending", "not served until"),
+        (PluginReport(ModuleReadiness.PENDING), "Unknown", "Pending", "fetching"),
         (None, "Unknown", "Pending", "not reconciled"),
     ]  # fmt: skip
     for report, status, reason, text in cases:
@@ -55,13 +56,17 @@ def test_conditions():
 def test_condition_says_what_proxies_get_while_pending_or_stuck():
     """Pending with a stand-in says so; a module nothing retries says what to do instead."""
     observed = ObservedObject(KEY, generation=1)
-    standin = PluginReport(ModuleState.PENDING, proxies=2, standin=True)
+    standin = PluginReport(ModuleReadiness.PENDING, proxies=2, standin=True)
     message = condition_of(desired_status(observed, standin)[0])["message"]
     assert message == (
         "fetching the module; 2 proxies get the failStrategy stand-in until it is fetched"
     )
     stuck = PluginReport(
-        ModuleState.UNAVAILABLE, "too large", 1, last_good=True, action="raise --inline-max-size"
+        ModuleReadiness.UNAVAILABLE,
+        "too large",
+        1,
+        last_good=True,
+        action="raise --inline-max-size",
     )
     message = condition_of(desired_status(observed, stuck)[0])["message"]
     assert message == (
@@ -69,7 +74,7 @@ def test_condition_says_what_proxies_get_while_pending_or_stuck():
         " (module and config); raise --inline-max-size"
     )
     assert "retried" not in message
-    retried = PluginReport(ModuleState.UNAVAILABLE, "HTTP 404", 1)
+    retried = PluginReport(ModuleReadiness.UNAVAILABLE, "HTTP 404", 1)
     message = condition_of(desired_status(observed, retried)[0])["message"]
     assert message.endswith("1 proxy gets the failStrategy stand-in while the fetch is retried")
 
@@ -78,7 +83,7 @@ def test_invalid_condition():
     """An invalid object says why, and whether its last valid version still runs."""
     problem = Problem("kubernetes:default/one", 0, "spec.phase: unknown value")
     observed = ObservedObject(KEY, generation=2, problems=(problem,), served=True)
-    patch, _ = desired_status(observed, PluginReport(ModuleState.FETCHED, proxies=1))
+    patch, _ = desired_status(observed, PluginReport(ModuleReadiness.FETCHED, proxies=1))
     condition = condition_of(patch)
     assert (condition["status"], condition["reason"]) == ("False", "Invalid")
     assert "spec.phase: unknown value" in condition["message"]
@@ -87,20 +92,20 @@ def test_invalid_condition():
 
 def test_transition_time_and_other_conditions():
     """The transition time moves only when the status value does; other conditions stay."""
-    report = PluginReport(ModuleState.FETCHED, proxies=1)
+    report = PluginReport(ModuleReadiness.FETCHED, proxies=1)
     foreign = {"type": "Reconciled", "status": "True"}
     first, _ = desired_status(ObservedObject(KEY, 1), report, now=lambda: "T1")
     stored = {"conditions": [foreign, condition_of(first)], "proxies": 1}
     again, _ = desired_status(
         ObservedObject(KEY, 1, status=stored),
-        PluginReport(ModuleState.FETCHED, proxies=5),
+        PluginReport(ModuleReadiness.FETCHED, proxies=5),
         now=lambda: "T2",
     )
     assert condition_of(again)["lastTransitionTime"] == "T1"
     assert again["status"]["conditions"][0] == foreign
     failed, _ = desired_status(
         ObservedObject(KEY, 1, status=stored),
-        PluginReport(ModuleState.UNAVAILABLE, "gone"),
+        PluginReport(ModuleReadiness.UNAVAILABLE, "gone"),
         now=lambda: "T3",
     )
     assert condition_of(failed)["lastTransitionTime"] == "T3"
@@ -113,7 +118,7 @@ async def test_patches_only_on_change(tmp_path):
         fake.apply(
             wasmplugin("bad", spec={"url": "http://modules.example/x.wasm", "phase": "LATER"})
         )
-        reports = {KEY: PluginReport(ModuleState.FETCHED, proxies=1)}
+        reports = {KEY: PluginReport(ModuleReadiness.FETCHED, proxies=1)}
         async with running_source(fake, tmp_path) as running:
             source = running.source
 
@@ -132,7 +137,7 @@ async def test_patches_only_on_change(tmp_path):
             stored = fake.objects[("wasmplugins", "default", "one")]["status"]
             assert stored["proxies"] == 1
 
-            reports[KEY] = PluginReport(ModuleState.FETCHED, proxies=2)
+            reports[KEY] = PluginReport(ModuleReadiness.FETCHED, proxies=2)
             assert await first.flush() == 1
             assert await first.flush() == 0
             assert len(fake.status_patches) == 3
@@ -175,7 +180,7 @@ async def test_runs_on_trigger(tmp_path):
             writer = StatusWriter(
                 source.client,
                 objects=source.observed,
-                reports=lambda: {KEY: PluginReport(ModuleState.FETCHED, proxies=1)},
+                reports=lambda: {KEY: PluginReport(ModuleReadiness.FETCHED, proxies=1)},
                 interval=0.01,
                 resync=3600,
             )

@@ -47,22 +47,20 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 from wasmxds.api.convert import FieldPath, Issue, Locator, describe, format_path, suggest
 from wasmxds.api.moduleurl import has_scheme, with_scheme
-from wasmxds.api.objects import API_VERSION, KIND, ObjectKey, Problem, Severity
+from wasmxds.api.objects import API_VERSION, KIND, ObjectKey, ParsedObject, Problem, Severity
 from wasmxds.api.proto import wasm_pb2
 from wasmxds.api.yamlload import YamlSyntaxError, load_documents
-
-if TYPE_CHECKING:
-    from wasmxds.api.parse import ParsedObject
 
 __all__ = [
     "EXTENSION_API_VERSIONS",
     "EXTENSION_KIND",
     "PHASES",
     "Converted",
+    "ObjectCheck",
     "PhaseMapping",
     "convert_extension",
     "is_extension",
@@ -150,6 +148,25 @@ _OUTPUT_METADATA = ("name", "namespace", "labels", "annotations")
 _LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
+class ObjectCheck(Protocol):
+    """The WasmPlugin checks (:func:`wasmxds.api.parse.parse_object`), passed in.
+
+    The loader in :mod:`wasmxds.api.parse` dispatches ServiceMeshExtensions
+    here, so this package takes the checks as an argument instead of
+    importing the loader back.
+    """
+
+    def __call__(
+        self,
+        value: object,
+        *,
+        source: str,
+        line: int,
+        locate: Locator,
+        default_namespace: str,
+    ) -> ParsedObject | None: ...
+
+
 class Converted(NamedTuple):
     """What :func:`convert_extension` returns.
 
@@ -169,6 +186,7 @@ def is_extension(value: Mapping[object, object]) -> bool:
 def convert_extension(
     value: object,
     *,
+    check: ObjectCheck,
     path: str,
     locate: Locator,
     default_namespace: str,
@@ -181,13 +199,14 @@ def convert_extension(
     an object that sets none (the output keeps metadata as written). ``issues``
     are problems found while reading the YAML; they make the object invalid.
     """
-    conversion = _convert(value, path, locate, default_namespace, issues)
+    conversion = _convert(value, check, path, locate, default_namespace, issues)
     return Converted(conversion.output, conversion.problems)
 
 
 def parse_extension(
     value: Mapping[object, object],
     *,
+    check: ObjectCheck,
     source: str,
     line: int,
     locate: Locator,
@@ -200,10 +219,7 @@ def parse_extension(
     document (``source``, ``line``), so it collides with a WasmPlugin of the
     same namespace/name exactly as two WasmPlugins would.
     """
-    # wasmxds.api.parse imports this module, so this one imports parse late.
-    from wasmxds.api.parse import ParsedObject
-
-    conversion = _convert(value, source, locate, default_namespace, issues, line=line)
+    conversion = _convert(value, check, source, locate, default_namespace, issues, line=line)
     problems = list(conversion.problems)
     plugin = conversion.parsed.plugin if conversion.output is not None else None
     if plugin is not None:
@@ -230,6 +246,7 @@ class _Conversion(NamedTuple):
 
 def _convert(
     value: object,
+    check: ObjectCheck,
     source: str,
     locate: Locator,
     default_namespace: str,
@@ -237,14 +254,12 @@ def _convert(
     *,
     line: int | None = None,
 ) -> _Conversion:
-    from wasmxds.api.parse import parse_object  # late, as in parse_extension
-
     converter = _Converter(locate)
     converter.issues.extend(issues)
     full, output = converter.run(value)
     # The same checks as a WasmPlugin written by hand, reported against the
     # ServiceMeshExtension's fields and lines.
-    parsed = parse_object(
+    parsed = check(
         full,
         source=source,
         line=locate(()) if line is None else line,

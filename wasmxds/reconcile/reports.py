@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 
 from wasmxds.api.objects import ObjectKey
 from wasmxds.modules.types import Failed, Ready
-from wasmxds.reconcile import PluginStatus, Serving
-from wasmxds.sources.kube.status import ModuleState, PluginReport
+from wasmxds.reconcile.kubestatus import ModuleReadiness, PluginReport
+from wasmxds.reconcile.reconciler import PluginStatus, Serving
 from wasmxds.xds.resources import PreparedResource
 from wasmxds.xds.server import Session
 from wasmxds.xds.snapshot import Snapshot
@@ -53,7 +53,7 @@ def plugin_reports(
             # Fetched, but not servable as it is (too large for inline delivery, the
             # only such case): no retry changes that, the user has to.
             reports[key] = PluginReport(
-                ModuleState.UNAVAILABLE,
+                ModuleReadiness.UNAVAILABLE,
                 entry.unavailable,
                 proxies,
                 last_good=last_good,
@@ -66,10 +66,10 @@ def plugin_reports(
                 if outcome.stale
                 else ""
             )
-            reports[key] = PluginReport(ModuleState.FETCHED, stale, proxies)
+            reports[key] = PluginReport(ModuleReadiness.FETCHED, stale, proxies)
         elif isinstance(outcome, Failed):
             reports[key] = PluginReport(
-                ModuleState.UNAVAILABLE,
+                ModuleReadiness.UNAVAILABLE,
                 str(outcome.error),
                 proxies,
                 last_good=last_good,
@@ -77,6 +77,6 @@ def plugin_reports(
             )
         else:
             reports[key] = PluginReport(
-                ModuleState.PENDING, "", proxies, last_good=last_good, standin=standin
+                ModuleReadiness.PENDING, "", proxies, last_good=last_good, standin=standin
             )
     return reports

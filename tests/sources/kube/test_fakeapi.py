@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.kube.fakeapi import FakeKube, pull_secret, running_fake_kube, wasmplugin
+from tests.sources.kube.fakeapi import FakeKube, pull_secret, running_fake_kube, wasmplugin
 
 PLUGINS = "/apis/extensions.istio.io/v1alpha1/wasmplugins"
 

@@ -9,8 +9,8 @@ from tests.xds.helpers import maybe_response, request, snapshot_of
 from wasmxds.errors import FetchError
 from wasmxds.modules.types import Failed, LocalFile, ModuleRequest, Pending, Ready
 from wasmxds.reconcile import PluginStatus
-from wasmxds.reports import plugin_reports
-from wasmxds.sources.kube.status import ModuleState
+from wasmxds.reconcile.kubestatus import ModuleReadiness
+from wasmxds.reconcile.reports import plugin_reports
 from wasmxds.xds.node import NodeInfo
 from wasmxds.xds.server import Session
 from wasmxds.xds.snapshot import Snapshot
@@ -52,11 +52,17 @@ def test_states_and_counts():
         sessions,
         snapshot,
     )
-    assert reports[fetched.key].state is ModuleState.FETCHED
+    assert reports[fetched.key].state is ModuleReadiness.FETCHED
     assert reports[fetched.key].proxies == 1
-    assert (reports[failed.key].state, reports[failed.key].proxies) == (ModuleState.UNAVAILABLE, 1)
+    assert (reports[failed.key].state, reports[failed.key].proxies) == (
+        ModuleReadiness.UNAVAILABLE,
+        1,
+    )
     assert "HTTP 404" in reports[failed.key].error
-    assert (reports[pending.key].state, reports[pending.key].proxies) == (ModuleState.PENDING, 0)
+    assert (reports[pending.key].state, reports[pending.key].proxies) == (
+        ModuleReadiness.PENDING,
+        0,
+    )
 
 
 def test_stale_module_is_noted():
@@ -64,5 +70,5 @@ def test_stale_module_is_noted():
     plugin = make_plugin("one")
     outcome = Ready(LocalFile("/x.wasm"), stale=FetchError("registry down"))
     [report] = plugin_reports({plugin.key: status(plugin, outcome)}, [], snapshot_of()).values()
-    assert report.state is ModuleState.FETCHED
+    assert report.state is ModuleReadiness.FETCHED
     assert "registry down" in report.error

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from wasmxds.modules.backoff import Backoff
+from wasmxds.backoff import Backoff
 
 
 def test_delays_grow_exponentially_up_to_the_cap() -> None:

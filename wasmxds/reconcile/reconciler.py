@@ -15,7 +15,7 @@ A plugin whose module is not settled yet is never referenced half-ready:
 - only a plugin with no good version yet gets the fail-strategy stand-in.
 
 The last good versions outlive the process: they are written to
-``<cache>/last-good.json`` (:mod:`wasmxds.last_good`) whenever they change and
+``<cache>/last-good.json`` (:mod:`wasmxds.reconcile.last_good`) whenever they change and
 read back at the first reconcile, so a restarted server, or a replica started
 after a bad edit on the same cache directory, serves what the others serve
 instead of the stand-in (when the module is still in the cache; the purge
@@ -41,9 +41,7 @@ from typing import Protocol
 import structlog
 
 from wasmxds.api.objects import ObjectKey, Problem, WasmPlugin
-from wasmxds.api.proto import wasm_pb2
 from wasmxds.api.secrets import PullSecret
-from wasmxds.last_good import LastGoodFile, SavedGood
 from wasmxds.metrics import Metrics
 from wasmxds.modules.secrets import PullSecrets
 from wasmxds.modules.types import (
@@ -52,9 +50,10 @@ from wasmxds.modules.types import (
     ModuleOutcome,
     ModuleRequest,
     Pending,
-    PullPolicy,
     Ready,
 )
+from wasmxds.reconcile.last_good import LastGoodFile, SavedGood
+from wasmxds.reconcile.requests import module_request
 from wasmxds.sources.state import SourceState, TemplateState
 from wasmxds.translate.plugins import (
     Delivery,
@@ -65,54 +64,17 @@ from wasmxds.translate.plugins import (
 from wasmxds.translate.snapshot import build_snapshot
 from wasmxds.xds.snapshot import Snapshot
 
-__all__ = ["ModuleSource", "PluginStatus", "Reconciler", "Serving", "module_request"]
+__all__ = ["ModuleLookup", "PluginStatus", "Reconciler", "Serving"]
 
 log = structlog.get_logger(__name__)
 
 
-class ModuleSource(Protocol):
-    """What reconcile needs from the module stage (a :class:`ModuleResolver` in production)."""
+class ModuleLookup(Protocol):
+    """What reconcile needs of the module resolver (a :class:`ModuleResolver` in production)."""
 
     def resolve(self, request: ModuleRequest) -> ModuleOutcome: ...
 
     def retain(self, requests: Iterable[ModuleRequest], in_use: Iterable[Module] = ()) -> None: ...
-
-
-def _with_scheme(url: str) -> str:
-    # Istio: a URL without a scheme is an OCI reference.
-    return url if "://" in url else f"oci://{url}"
-
-
-def _pull_policy(spec: wasm_pb2.WasmPlugin, url: str) -> PullPolicy:
-    if spec.image_pull_policy == wasm_pb2.Always:
-        return PullPolicy.ALWAYS
-    if spec.image_pull_policy == wasm_pb2.IfNotPresent:
-        return PullPolicy.IF_NOT_PRESENT
-    # Istio: unspecified means Always only for an OCI reference tagged :latest.
-    if url.startswith("oci://") and url.endswith(":latest"):
-        return PullPolicy.ALWAYS
-    return PullPolicy.IF_NOT_PRESENT
-
-
-def module_request(plugin: WasmPlugin) -> ModuleRequest:
-    """What a plugin asks of the module stage.
-
-    The pull secret travels by reference only, in the plugin's namespace (Istio
-    forces it there), and only for OCI (http(s) fetches send no credentials).
-    """
-    url = _with_scheme(plugin.spec.url)
-    secret = plugin.spec.image_pull_secret
-    return ModuleRequest(
-        url=url,
-        sha256=plugin.spec.sha256,
-        pull_policy=_pull_policy(plugin.spec, url),
-        generation=plugin.fingerprint,
-        pull_secret=(
-            ObjectKey(plugin.key.namespace, secret)
-            if secret and url.lower().startswith("oci://")
-            else None
-        ),
-    )
 
 
 class Serving(enum.StrEnum):
@@ -161,7 +123,7 @@ class Reconciler:
         self,
         *,
         sources: Sequence[Callable[[], SourceState]],
-        resolver: ModuleSource,
+        resolver: ModuleLookup,
         delivery: Delivery,
         runtime: str,
         publish: Callable[[Snapshot], int],

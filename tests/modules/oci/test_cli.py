@@ -13,7 +13,7 @@ import pytest
 from e2e.harness.images import WASM_LAYER, artifact_image
 from e2e.harness.registry import Registry
 from e2e.harness.wasmxds import run_cli
-from tests.oci.conftest import PASSWORD, USER, WASM, pusher
+from tests.modules.oci.conftest import PASSWORD, USER, WASM, pusher
 from wasmxds.modules.index import INDEX_FILE, ModuleIndex
 
 MODULE_DIGEST = hashlib.sha256(WASM).hexdigest()

@@ -16,13 +16,9 @@ then get what a first start gives them).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +31,7 @@ from wasmxds.api.objects import ObjectKey, Origin, WasmPlugin
 from wasmxds.api.proto import wasm_pb2
 from wasmxds.modules.store import is_digest
 from wasmxds.modules.types import redact_url
+from wasmxds.statefile import StateFile
 
 __all__ = ["LAST_GOOD_FILE", "LastGoodFile", "SavedGood"]
 
@@ -114,10 +111,20 @@ class LastGoodFile:
     """The persisted last good versions; ``path=None`` keeps nothing on disk (tests)."""
 
     def __init__(self, path: Path | None = None) -> None:
-        self.path = path
         self._entries: dict[str, SavedGood] = {}
-        self._dirty = False
-        self._lock = asyncio.Lock()
+        # Plugin configuration may carry tokens: owner only (StateFile's mode).
+        self._file = StateFile(
+            path,
+            prefix=".last-good-",
+            failed_event="reconcile.last_good_write_failed",
+            # SavedGood is immutable: sharing it with the writer is safe.
+            snapshot=lambda: dict(self._entries),
+            encode=_encode_document,
+        )
+
+    @property
+    def path(self) -> Path | None:
+        return self._file.path
 
     @classmethod
     def load(cls, path: Path) -> LastGoodFile:
@@ -149,13 +156,13 @@ class LastGoodFile:
                 error=f"{type(exc).__name__}: {exc}"[:200],
                 action="ignored; rewritten at the next reconcile",
             )
-            saved._dirty = True
+            saved._file.dirty = True
             return saved
         for name, value in plugins.items():
             try:
                 saved._entries[name] = _decode_entry(name, value)
             except (ValueError, TypeError, KeyError, DecodeError, binascii.Error) as exc:
-                saved._dirty = True
+                saved._file.dirty = True
                 log.warning(
                     "reconcile.last_good_entry_skipped",
                     path=str(path),
@@ -173,51 +180,23 @@ class LastGoodFile:
         old = {name: saved.identity for name, saved in self._entries.items()}
         new = {name: saved.identity for name, saved in entries.items()}
         if old != new:
-            self._dirty = True
+            self._file.dirty = True
         self._entries = dict(entries)
 
     def document(self) -> dict[str, Any]:
-        return {
-            "version": _VERSION,
-            "plugins": {name: _encode_entry(saved) for name, saved in self._entries.items()},
-        }
+        return _document(self._entries)
 
     async def flush(self) -> None:
         """Write the file if it changed; encoding and disk I/O run in a worker thread."""
-        if self.path is None or not self._dirty:
-            return
-        async with self._lock:
-            if not self._dirty:
-                return
-            entries = dict(self._entries)  # SavedGood is immutable: sharing it is safe
-            self._dirty = False
-            try:
-                await asyncio.to_thread(_write_atomically, self.path, entries)
-            except OSError as exc:
-                self._dirty = True
-                log.warning("reconcile.last_good_write_failed", path=str(self.path), error=str(exc))
-            except BaseException:
-                self._dirty = True  # cancelled mid-write: the shutdown flush writes it again
-                raise
+        await self._file.flush()
 
 
-def _write_atomically(path: Path, entries: Mapping[str, SavedGood]) -> None:
-    document = {
+def _document(entries: Mapping[str, SavedGood]) -> dict[str, Any]:
+    return {
         "version": _VERSION,
         "plugins": {name: _encode_entry(saved) for name, saved in entries.items()},
     }
-    data = json.dumps(document, sort_keys=True, indent=1).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".last-good-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            # Plugin configuration may carry tokens: owner only.
-            os.fchmod(out.fileno(), 0o600)
-            os.fsync(out.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+
+
+def _encode_document(entries: Mapping[str, SavedGood]) -> bytes:
+    return json.dumps(_document(entries), sort_keys=True, indent=1).encode()

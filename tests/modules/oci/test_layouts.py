@@ -24,7 +24,7 @@ from e2e.harness.images import (
     maistra_image,
     tar_layer,
 )
-from tests.oci.conftest import WASM
+from tests.modules.oci.conftest import WASM
 from wasmxds.errors import FetchError, ModuleTooLargeError, UnknownLayoutError, UnsafeLayerError
 from wasmxds.modules.oci.layouts import Layout, extract_module
 from wasmxds.modules.oci.manifest import (

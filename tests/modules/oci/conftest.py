@@ -15,7 +15,7 @@ from wasmxds.modules.oci.fetcher import OciFetcher
 from wasmxds.modules.settings import FetcherSettings
 from wasmxds.modules.store import ModuleStore
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 # The example header filter: a real proxy-wasm module, so layouts carry realistic bytes.
 WASM = (REPO / "examples" / "header-filter" / "header-filter.wasm").read_bytes()
 USER, PASSWORD = "puller", "s3cret-Pa55word"

@@ -17,7 +17,7 @@ from e2e.harness.images import (
     maistra_image,
 )
 from e2e.harness.registry import Registry, TokenService
-from tests.oci.conftest import PASSWORD, USER, WASM, pusher, settings
+from tests.modules.oci.conftest import PASSWORD, USER, WASM, pusher, settings
 from wasmxds.api.dockerconfig import RegistryCredentials
 from wasmxds.errors import (
     BlockedRealmError,

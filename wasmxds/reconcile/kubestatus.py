@@ -32,17 +32,18 @@ import contextlib
 import datetime
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 
-from wasmxds.api.objects import ObjectKey, Problem
+from wasmxds.api.objects import ObjectKey
+from wasmxds.sources.kube.objects import ObservedObject
 from wasmxds.sources.kube.protocol import KubeApiError
 
 __all__ = [
     "CONDITION_TYPE",
-    "ModuleState",
+    "ModuleReadiness",
     "ObservedObject",
     "PluginReport",
     "StatusPatcher",
@@ -57,7 +58,7 @@ CONDITION_TYPE = "Ready"
 _MAX_MESSAGE = 1024
 
 
-class ModuleState(enum.StrEnum):
+class ModuleReadiness(enum.StrEnum):
     """Where a plugin's module stands, as the reconcile stage last saw it."""
 
     FETCHED = "fetched"
@@ -69,7 +70,7 @@ class ModuleState(enum.StrEnum):
 class PluginReport:
     """What the rest of wasmxds knows about one plugin: its module and its proxies."""
 
-    state: ModuleState
+    state: ModuleReadiness
     error: str = ""
     proxies: int = 0
     # Proxies get an earlier version of the plugin (module and config), not this one.
@@ -79,22 +80,6 @@ class PluginReport:
     # For a module that nothing retries (fetched, but the delivery mode cannot carry
     # it): what the user has to do. Empty while the fetch is retried.
     action: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ObservedObject:
-    """A WasmPlugin as the Kubernetes source last saw it.
-
-    ``problems`` are the validation errors of its latest version (empty when
-    valid); ``served`` says whether a version of it (maybe an older, valid one)
-    is being served; ``status`` is its status as stored on the server.
-    """
-
-    key: ObjectKey
-    generation: int
-    problems: tuple[Problem, ...] = ()
-    served: bool = True
-    status: Mapping[str, Any] = field(default_factory=dict)
 
 
 class StatusPatcher(Protocol):
@@ -119,11 +104,11 @@ def _condition(observed: ObservedObject, report: PluginReport | None) -> dict[st
         status, reason, message = "False", "Invalid", f"invalid{kept}: {details}"
     elif report is None:
         status, reason, message = "Unknown", "Pending", "not reconciled yet"
-    elif report.state is ModuleState.FETCHED:
+    elif report.state is ModuleReadiness.FETCHED:
         note = f" ({report.error})" if report.error else ""
         status, reason = "True", "ModuleFetched"
         message = f"module fetched{note}; running on {_plural(report.proxies)}"
-    elif report.state is ModuleState.UNAVAILABLE:
+    elif report.state is ModuleReadiness.UNAVAILABLE:
         status, reason = "False", "ModuleUnavailable"
         if report.last_good:
             fallback = (
@@ -243,7 +228,6 @@ class StatusWriter:
         # which lags behind our own patches until the watch brings them back.
         self._written: dict[ObjectKey, tuple[object, ...]] = {}
         self._failing: dict[ObjectKey, str] = {}
-        self.patches = 0
 
     def trigger(self) -> None:
         self._wake.set()
@@ -281,7 +265,6 @@ class StatusWriter:
             self._failing.pop(key, None)
             self._written[key] = signature
             sent += 1
-            self.patches += 1
             condition = patch["status"]["conditions"][-1]
             log.info(
                 "kubernetes.status_written",

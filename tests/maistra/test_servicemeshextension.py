@@ -10,11 +10,11 @@ import pytest
 from wasmxds.api.objects import ObjectKey, Origin, Severity
 from wasmxds.api.parse import parse_object, parse_text
 from wasmxds.api.proto import wasm_pb2
-from wasmxds.api.servicemeshextension import PHASES, Converted, convert_extension
 from wasmxds.api.yamlload import load_documents
 from wasmxds.cli.migrate import dump_documents
+from wasmxds.maistra.servicemeshextension import PHASES, Converted, convert_extension
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "api" / "data"
 
 # Red Hat's migration guide (OpenShift Service Mesh 2.2, "Migrating from
 # ServiceMeshExtension to WasmPlugin resources"), the ServiceMeshExtension half.
@@ -42,6 +42,7 @@ def convert(text: str) -> Converted:
     (document,) = load_documents(text)
     return convert_extension(
         document.value,
+        check=parse_object,
         path="e.yaml",
         locate=document.lines,
         default_namespace="default",

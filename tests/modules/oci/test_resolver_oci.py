@@ -15,12 +15,12 @@ import structlog
 from e2e.harness.images import artifact_image, compat_image
 from e2e.harness.registry import Registry
 from tests.modules.conftest import Signal
-from tests.oci.conftest import PASSWORD, USER, WASM, pusher, settings
+from tests.modules.oci.conftest import PASSWORD, USER, WASM, pusher, settings
 from wasmxds.api.objects import ObjectKey
 from wasmxds.api.parse import parse_text
 from wasmxds.api.secrets import PullSecret
+from wasmxds.backoff import Backoff
 from wasmxds.errors import FetchError, MissingPullSecretError, RegistryAuthError
-from wasmxds.modules.backoff import Backoff
 from wasmxds.modules.index import INDEX_FILE, ModuleIndex
 from wasmxds.modules.oci.fetcher import OciFetcher
 from wasmxds.modules.resolver import ModuleResolver
@@ -229,13 +229,12 @@ async def test_credentials_never_reach_logs_errors_or_status(
             h.secrets.update({SECRET: wrong})
             failed = await h.settle(request, lambda o: isinstance(o, Failed))
             h.secrets.update({SECRET: right})
-            await h.settle(request, lambda o: isinstance(o, Ready))
-            status = h.resolver.snapshot_state()
+            ready = await h.settle(request, lambda o: isinstance(o, Ready))
             texts = [
                 repr(events),
                 str(failed),
                 repr(failed),
-                repr(status),
+                repr(ready),
                 repr(h.secrets),
                 repr(right),
             ]

@@ -9,7 +9,7 @@ from pathlib import Path
 from e2e.harness.images import artifact_image
 from e2e.harness.registry import Registry
 from tests.modules.conftest import BIG, PEAK_BOUND, big_wasm, temporaries, traced_peak
-from tests.oci.conftest import pusher, settings
+from tests.modules.oci.conftest import pusher, settings
 from wasmxds.modules.index import ModuleIndex
 from wasmxds.modules.oci.client import Credentials
 from wasmxds.modules.oci.fetcher import OciFetcher

@@ -1,0 +1,1 @@
+"""Maistra's deprecated ServiceMeshExtension, converted to the WasmPlugin wasmxds serves."""
