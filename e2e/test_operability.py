@@ -82,8 +82,9 @@ async def test_synced_proxy_and_ready_plugin_in_every_view(tmp_path, upstream, m
         code, out, _ = await run_cli("status", "--admin-address", admin)
         assert code == 0
         header, row = out.splitlines()[:2]
-        assert header.split()[:6] == ["NODE", "NAMESPACE", "XDS", "CDS", "LDS", "ECDS"]
-        assert row.split()[:5] == ["edge-1", "default", "sotw/ads", "-", "-"]
+        assert header.split()[:7] == ["NODE", "NAMESPACE", "IDENTITY", "XDS", "CDS", "LDS", "ECDS"]
+        # Plaintext xDS: the namespace is the proxy's claim, not proven by a certificate.
+        assert row.split()[:6] == ["edge-1", "default", "metadata", "sotw/ads", "-", "-"]
         assert "SYNCED (1)" in row
 
         code, out, _ = await run_cli("plugins", "--admin-address", admin)

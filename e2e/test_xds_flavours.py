@@ -26,6 +26,7 @@ from e2e.harness.listeners import (
 from e2e.harness.wasmxds import WasmxdsProcess, running_wasmxds
 from e2e.test_core import HEADER, plugin_yaml
 from e2e.test_listener_mode import until
+from tests.xds.certs import client_cert
 
 pytestmark = pytest.mark.envoy
 
@@ -118,7 +119,8 @@ async def test_standalone_ecds_service(tmp_path, upstream, modules, api_type):
 def _tls_material(tmp_path: Path) -> tuple[trustme.CA, dict[str, Path]]:
     ca = trustme.CA()
     server = ca.issue_cert("wasmxds", "127.0.0.1", "localhost")
-    client = ca.issue_cert("envoy-demo")
+    # An Istio-style workload certificate: with --client-ca the namespace comes from it.
+    client = client_cert(ca, "spiffe://cluster.local/ns/default/sa/envoy-demo")
     paths = {
         name: tmp_path / f"{name}.pem"
         for name in ("ca", "server", "server-key", "client", "client-key")
@@ -126,8 +128,7 @@ def _tls_material(tmp_path: Path) -> tuple[trustme.CA, dict[str, Path]]:
     ca.cert_pem.write_to_path(paths["ca"])
     server.cert_chain_pems[0].write_to_path(paths["server"])
     server.private_key_pem.write_to_path(paths["server-key"])
-    client.cert_chain_pems[0].write_to_path(paths["client"])
-    client.private_key_pem.write_to_path(paths["client-key"])
+    client.write(tmp_path, "client")
     return ca, paths
 
 

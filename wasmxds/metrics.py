@@ -72,6 +72,13 @@ class Metrics:
             ["type_url", "resource"],
             registry=registry,
         )
+        self.identity_refused = Counter(
+            "wasmxds_xds_identity_refused",
+            "xDS streams refused because the client certificate does not prove the node's"
+            " namespace (--node-identity certificate), by reason",
+            ["reason"],
+            registry=registry,
+        )
         self.module_fetches = Counter(
             "wasmxds_module_fetches",
             "module fetch attempts",
@@ -141,3 +148,6 @@ class StreamMetrics:
     def on_nack(self, type_url: str, resources: Sequence[str]) -> None:
         for name in resources:
             self._metrics.nacks.labels(type_url, name).inc()
+
+    def on_identity_refused(self, reason: str) -> None:
+        self._metrics.identity_refused.labels(reason).inc()

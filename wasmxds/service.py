@@ -47,6 +47,7 @@ from wasmxds.sources.state import SourceState, TemplateState
 from wasmxds.sources.templates import TemplateSource
 from wasmxds.supervisor import Supervisor
 from wasmxds.translate.plugins import Delivery, InlineDelivery, LocalDelivery, RemoteDelivery
+from wasmxds.xds.identity import IdentityPolicy
 from wasmxds.xds.server import TlsFiles, XdsServer
 
 __all__ = ["Service"]
@@ -169,6 +170,11 @@ class Service:
             max_resource_names=settings.max_resource_names,
             tls=tls,
             events=StreamMetrics(self.metrics),
+            node_identity=(
+                IdentityPolicy(settings.trust_domains)
+                if settings.identity_from_certificate
+                else None
+            ),
         )
 
     def _build_reconcile(self, last_good: LastGoodFile) -> None:

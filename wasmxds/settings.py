@@ -23,6 +23,7 @@ from wasmxds.errors import SettingsError
 from wasmxds.flags import Group, Kind, Setting, markdown_table
 from wasmxds.log import LOG_FORMATS, LOG_LEVELS
 from wasmxds.modules.settings import FetcherSettings
+from wasmxds.xds.identity import valid_trust_domain
 
 __all__ = [
     "GROUPS",
@@ -469,10 +470,50 @@ CLIENT_CA: Setting[Path | None] = Setting(
     help="mutual TLS: only proxies with a certificate from this CA get a stream (needs"
     " `--tls-cert`)",
 )
+NODE_IDENTITY_MODES = ("certificate", "metadata")
+NODE_IDENTITY: Setting[str | None] = Setting(
+    field="node_identity",
+    flag="--node-identity",
+    choices=NODE_IDENTITY_MODES,
+    shown_default="`certificate` with `--client-ca`, else `metadata`",
+    help="where a proxy's namespace comes from: `certificate` (the SPIFFE ID of its client"
+    " certificate; a stream whose metadata claims another namespace is refused with"
+    " `PERMISSION_DENIED`; needs `--client-ca`) or `metadata` (node metadata `NAMESPACE`)",
+)
+
+
+def _trust_domain(flag: str, text: str, name: str) -> str | None:
+    if valid_trust_domain(name):
+        return None
+    return (
+        f"{flag} {text!r}: a trust domain is lowercase letters, digits, '.', '-' and '_'"
+        " (the host part of spiffe://<trust-domain>/ns/<namespace>/sa/<account>)"
+    )
+
+
+TRUST_DOMAINS: Setting[frozenset[str]] = Setting(
+    field="trust_domains",
+    flag="--trust-domain",
+    kind=Kind.REPEATED,
+    collect=_frozenset,
+    check=_trust_domain,
+    metavar="NAME",
+    shown_default="any (repeatable)",
+    help="with `--node-identity certificate`: accept only client certificates whose SPIFFE ID"
+    " is in this trust domain, e.g. `cluster.local` (repeatable)",
+)
 XDS = Group(
     "xDS server",
     "The gRPC ADS port Envoy connects to, optionally protected by (mutual) TLS.",
-    (XDS_ADDRESS, MAX_RESOURCE_NAMES, TLS_CERT, TLS_KEY, CLIENT_CA),
+    (
+        XDS_ADDRESS,
+        MAX_RESOURCE_NAMES,
+        TLS_CERT,
+        TLS_KEY,
+        CLIENT_CA,
+        NODE_IDENTITY,
+        TRUST_DOMAINS,
+    ),
 )
 
 ADMIN_ADDRESS: Setting[HostPort] = Setting(
@@ -587,6 +628,9 @@ class ServeSettings:
     tls_cert: Path | None = TLS_CERT.value_default
     tls_key: Path | None = TLS_KEY.value_default
     client_ca: Path | None = CLIENT_CA.value_default
+    node_identity: str | None = NODE_IDENTITY.value_default
+    """None: the default for the TLS settings (see :attr:`identity_from_certificate`)."""
+    trust_domains: frozenset[str] = TRUST_DOMAINS.value_default
     kubernetes: bool = KUBERNETES.value_default
     kubeconfig: Path | None = KUBECONFIG.value_default
     namespaces: tuple[str, ...] = NAMESPACES.value_default
@@ -597,6 +641,13 @@ class ServeSettings:
     @property
     def module_dir_for_proxies(self) -> Path:
         return self.proxy_cache_dir or self.cache_dir
+
+    @property
+    def identity_from_certificate(self) -> bool:
+        """Whether node namespaces come from client certificates (DESIGN "Node identity")."""
+        if self.node_identity is None:
+            return self.client_ca is not None
+        return self.node_identity == "certificate"
 
 
 def fetcher_settings(settings: ServeSettings) -> FetcherSettings:

@@ -85,6 +85,8 @@ def syncz(sessions: Iterable[Session]) -> list[dict[str, Any]]:
                 "labels": dict(node.labels),
                 "peer": session.peer,
                 "identity": session.identity or None,
+                # The SPIFFE ID the namespace was proven by; "metadata" when it is a claim.
+                "verified_identity": str(session.verified) if session.verified else "metadata",
                 "flavour": session.flavour,
                 "service": session.service,
                 "connected_since": _iso(session.connected_at),

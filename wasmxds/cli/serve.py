@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from typing import Any
 
 import structlog
 
@@ -34,6 +35,23 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.set_defaults(run=run)
 
 
+def check_node_identity(given: dict[str, Any]) -> None:
+    """Refuse identity flags that cannot take effect (DESIGN "Node identity")."""
+    if given["node_identity"] == "certificate" and given["client_ca"] is None:
+        raise SettingsError(
+            "--node-identity certificate needs --client-ca (with --tls-cert and --tls-key): a"
+            " namespace can come from a client certificate only when proxies present one"
+        )
+    certificate = given["node_identity"] == "certificate" or (
+        given["node_identity"] is None and given["client_ca"] is not None
+    )
+    if given["trust_domains"] and not certificate:
+        raise SettingsError(
+            "--trust-domain restricts the client certificates that prove a node's namespace;"
+            " it needs --client-ca and --node-identity certificate (the default with --client-ca)"
+        )
+
+
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     """Each flag parsed and checked by its declaration, then the flags that go together."""
     given = values(args, (setting for group in GROUPS for setting in group.settings))
@@ -46,6 +64,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         raise SettingsError("--tls-cert and --tls-key go together")
     if given["client_ca"] is not None and given["tls_cert"] is None:
         raise SettingsError("--client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
+    check_node_identity(given)
     given.update(registry_settings(given))
     # A per-host share above the total would only mean the total.
     given["max_pulls_per_host"] = min(given["max_pulls_per_host"], given["max_parallel_pulls"])

@@ -38,9 +38,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "status",
         help="connected proxies and whether each is in sync",
         description=(
-            "One line per connected proxy: its namespace, how it talks xDS, and per resource "
-            "type whether it acknowledged what it was sent (SYNCED), has not answered or "
-            "acknowledged the latest (STALE), rejected it (NACKED) or got nothing yet (NOT SENT)."
+            "One line per connected proxy: its namespace, the certificate identity (SPIFFE ID) "
+            "that proved it or 'metadata' when it is the proxy's claim, how it talks xDS, and "
+            "per resource type whether it acknowledged what it was sent (SYNCED), has not "
+            "answered or acknowledged the latest (STALE), rejected it (NACKED) or got nothing "
+            "yet (NOT SENT)."
         ),
     )
     _add_common(status)
@@ -125,13 +127,15 @@ def run_status(args: argparse.Namespace) -> int:
     if not proxies:
         print("no proxies connected")
         return 0
-    rows = [["NODE", "NAMESPACE", "XDS", "CDS", "LDS", "ECDS", "AGE", "PEER"]]
+    rows = [["NODE", "NAMESPACE", "IDENTITY", "XDS", "CDS", "LDS", "ECDS", "AGE", "PEER"]]
     for proxy in proxies:
         types = proxy["types"]
         rows.append(
             [
                 proxy["node"],
                 proxy["namespace"],
+                # Older servers do not report it: their namespaces are metadata claims.
+                proxy.get("verified_identity", "metadata"),
                 f"{proxy['flavour']}/{proxy['service']}",
                 _type_cell(types, "CDS"),
                 _type_cell(types, "LDS"),

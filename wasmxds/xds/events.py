@@ -31,6 +31,9 @@ class StreamEvents(Protocol):
     def on_nack(self, type_url: str, resources: Sequence[str]) -> None:
         """The proxy rejected a response that carried ``resources``."""
 
+    def on_identity_refused(self, reason: str) -> None:
+        """A stream was refused: its certificate does not prove its namespace (``reason``)."""
+
 
 class NoEvents:
     """Counts nothing (a server built without metrics)."""
@@ -45,4 +48,7 @@ class NoEvents:
         pass
 
     def on_nack(self, type_url: str, resources: Sequence[str]) -> None:
+        pass
+
+    def on_identity_refused(self, reason: str) -> None:
         pass

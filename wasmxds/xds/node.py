@@ -19,6 +19,7 @@ __all__ = [
     "NodeInfo",
     "node_info_from_metadata",
     "node_info_from_proto",
+    "node_metadata",
 ]
 
 DEFAULT_NODE_NAMESPACE = "default"
@@ -65,21 +66,33 @@ def _labels(raw: Any) -> dict[str, str]:
 
 
 def node_info_from_metadata(
-    node_id: str, metadata: Mapping[str, Any], *, cluster: str = ""
+    node_id: str,
+    metadata: Mapping[str, Any],
+    *,
+    cluster: str = "",
+    proven_namespace: str | None = None,
 ) -> NodeInfo:
     """Build a :class:`NodeInfo` from node metadata already converted to Python values.
 
     Namespace comes from ``NAMESPACE`` or ``namespace``, labels from ``LABELS``
     or ``labels`` (the Istio names first, so Istio bootstraps work unchanged).
+    ``proven_namespace`` (from a verified certificate) takes the namespace's
+    place; labels still come from metadata, as in Istio, where they come from the pod.
     """
-    namespace = _first(metadata, "NAMESPACE", "namespace")
+    namespace = proven_namespace or _first(metadata, "NAMESPACE", "namespace")
     if not isinstance(namespace, str) or not namespace:
         namespace = DEFAULT_NODE_NAMESPACE
     labels = _labels(_first(metadata, "LABELS", "labels"))
     return NodeInfo(id=node_id, namespace=namespace, labels=labels, cluster=cluster)
 
 
-def node_info_from_proto(node: Any) -> NodeInfo:
+def node_metadata(node: Any) -> dict[str, Any]:
+    """An ``envoy.config.core.v3.Node``'s metadata as Python values."""
+    return json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+
+
+def node_info_from_proto(node: Any, *, proven_namespace: str | None = None) -> NodeInfo:
     """From an ``envoy.config.core.v3.Node``."""
-    metadata = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
-    return node_info_from_metadata(node.id, metadata, cluster=node.cluster)
+    return node_info_from_metadata(
+        node.id, node_metadata(node), cluster=node.cluster, proven_namespace=proven_namespace
+    )

@@ -32,7 +32,8 @@ from wasmxds.settings import HostPort
 from wasmxds.xds import wire
 from wasmxds.xds.delta import DeltaStream
 from wasmxds.xds.events import NoEvents, StreamEvents
-from wasmxds.xds.node import ClassKey, NodeInfo, node_info_from_proto
+from wasmxds.xds.identity import IdentityPolicy, IdentityRefused, SpiffeId, claimed_namespaces
+from wasmxds.xds.node import ClassKey, NodeInfo, node_info_from_metadata, node_metadata
 from wasmxds.xds.snapshot import Snapshot
 from wasmxds.xds.sotw import SotwStream
 from wasmxds.xds.stream import DEFAULT_MAX_RESOURCE_NAMES, LimitExceeded, ProtocolError, Verdict
@@ -103,6 +104,10 @@ class Session:
     protocol: AnyStream
     service: str
     identity: str = ""
+    """The client certificate's subject on mutual TLS streams, "" otherwise."""
+    verified: SpiffeId | None = None
+    """The SPIFFE ID the namespace was taken from (``--node-identity certificate``);
+    None when the namespace is the node metadata's claim."""
     connected_at: float = field(default_factory=time.time)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     sent_at: dict[str, float] = field(default_factory=dict)
@@ -137,6 +142,12 @@ def _peer_identity(context: _Context) -> str:
     return ""
 
 
+def _peer_uris(context: _Context) -> list[str]:
+    # gRPC core lists the peer certificate's URI SANs under "peer_uri" (grpcio
+    # >= 1.41), so the certificate need not be parsed here.
+    return [v.decode(errors="replace") for v in context.auth_context().get("peer_uri", ())]
+
+
 class XdsServer:
     """Serves the current snapshot to every connected proxy."""
 
@@ -150,7 +161,13 @@ class XdsServer:
         grace: float = 5.0,
         tls: TlsFiles | None = None,
         events: StreamEvents | None = None,
+        node_identity: IdentityPolicy | None = None,
     ) -> None:
+        """``node_identity``: take namespaces from client certificates under this policy
+        (needs mutual TLS); None takes them from node metadata."""
+        if node_identity is not None and (tls is None or tls.client_ca is None):
+            raise ValueError("node identity from certificates needs mutual TLS (a client CA)")
+        self._node_identity = node_identity
         self._address = address
         self._events: StreamEvents = events or NoEvents()
         self._events.watch_streams(self._connected_counts)
@@ -373,6 +390,33 @@ class XdsServer:
             since_change = None if changed_at is None else now - changed_at
             self._events.on_push(type_url, session.protocol.flavour, since_change)
 
+    async def _identify(self, context: _Context, node: Any) -> tuple[NodeInfo, SpiffeId | None]:
+        """Who the stream's proxy is; aborts with PERMISSION_DENIED when its certificate
+        does not prove the namespace it claims (DESIGN "Node identity")."""
+        metadata = node_metadata(node)
+        if self._node_identity is None:
+            return node_info_from_metadata(node.id, metadata, cluster=node.cluster), None
+        try:
+            verified = self._node_identity.verify(
+                node.id, _peer_uris(context), claimed_namespaces(metadata)
+            )
+        except IdentityRefused as exc:
+            log.warning(
+                "xds.identity_refused",
+                node=node.id,
+                peer=context.peer(),
+                identity=exc.identity or None,
+                claimed_namespace=exc.claimed or None,
+                reason=exc.reason,
+                error=str(exc),
+            )
+            self._events.on_identity_refused(exc.reason)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        info = node_info_from_metadata(
+            node.id, metadata, cluster=node.cluster, proven_namespace=verified.namespace
+        )
+        return info, verified
+
     async def _serve(
         self, context: _Context, *, delta: bool, service: str, default_type: str
     ) -> None:
@@ -383,7 +427,7 @@ class XdsServer:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node"
             )
-        node = node_info_from_proto(first.node)
+        node, verified = await self._identify(context, first.node)
         # Until the sources have been read once, every answer would be "nothing".
         await self._has_snapshot.wait()
         protocol: AnyStream = (
@@ -406,12 +450,14 @@ class XdsServer:
             protocol=protocol,
             service=service,
             identity=_peer_identity(context) if self._tls else "",
+            verified=verified,
         )
         self._register(session)
         log.info(
             "xds.connected",
             node=node.id,
             namespace=node.namespace,
+            identity=str(verified) if verified else "metadata",
             peer=session.peer,
             flavour=session.flavour,
             service=service,
