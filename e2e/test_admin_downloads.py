@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
+import trustme
 from aiohttp import web
 
 from e2e.harness.listeners import free_port
@@ -18,6 +21,7 @@ from e2e.harness.modules import ModuleServer
 from e2e.harness.wasmxds import running_wasmxds
 from e2e.test_core import plugin_yaml
 from e2e.test_listener_mode import until
+from tests.xds.certs import client_cert
 
 
 async def raw_status(port: int, target: str) -> bytes:
@@ -169,3 +173,80 @@ async def test_only_a_known_coming_digest_waits_and_unknown_ones_are_capped(
                 f"unknown digest once no pull is pending: {response.status_code} in {elapsed:.3f} s"
             )
             assert response.status_code == 404
+
+
+async def test_admin_port_on_a_public_bind_guards_debug_pages_and_modules_by_namespace(
+    tmp_path, modules: ModuleServer, header_filter_wasm: bytes
+):
+    """Real `wasmxds serve` on 0.0.0.0: debug pages 403 without the client CA, probes and
+    metrics open; with admin mTLS a module goes only to a certificate of its plugin's namespace."""
+    config = tmp_path / "config"
+    config.mkdir()
+    url = modules.url("header-filter.wasm")
+    (config / "p.yaml").write_text(plugin_yaml("header-filter", url, namespace="team-a"))
+    digest = hashlib.sha256(header_filter_wasm).hexdigest()
+    admin_port = free_port()
+    plain = f"http://127.0.0.1:{admin_port}"
+    args = (
+        *("--admin-address", f"0.0.0.0:{admin_port}", "--module-delivery", "remote"),
+        *("--module-base-url", plain),
+    )
+    async with (
+        running_wasmxds([config], tmp_path / "cache", extra_args=args),
+        httpx.AsyncClient(base_url=plain, timeout=10) as client,
+    ):
+
+        async def listening() -> bool:
+            return (await client.get("/readyz")).status_code == 200
+
+        await until(listening, what="wasmxds ready on a public bind")
+        for path in ("/debug/plugins", "/debug/syncz", "/debug/config_dump?namespace=team-a"):
+            response = await client.get(path)
+            assert response.status_code == 403, path
+            assert "--debug-public" in response.text
+        for path in ("/healthz", "/metrics"):
+            assert (await client.get(path)).status_code == 200, path
+
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    cert, key, ca_file = tmp_path / "admin.pem", tmp_path / "admin-key.pem", tmp_path / "ca.pem"
+    server.cert_chain_pems[0].write_to_path(cert)
+    server.private_key_pem.write_to_path(key)
+    ca.cert_pem.write_to_path(ca_file)
+    secure = f"https://127.0.0.1:{admin_port}"
+    tls_args = (
+        *("--admin-address", f"0.0.0.0:{admin_port}", "--module-delivery", "remote"),
+        *("--module-base-url", secure, "--admin-tls-cert", str(cert)),
+        *("--admin-tls-key", str(key), "--admin-client-ca", str(ca_file)),
+    )
+
+    def as_namespace(namespace: str) -> ssl.SSLContext:
+        files = client_cert(ca, f"spiffe://cluster.local/ns/{namespace}/sa/envoy").write(
+            tmp_path, namespace
+        )
+        context = ssl.create_default_context(cafile=ca_file)
+        context.load_cert_chain(*files)
+        return context
+
+    async with (
+        running_wasmxds([config], tmp_path / "cache2", extra_args=tls_args),
+        httpx.AsyncClient(base_url=secure, verify=as_namespace("team-a"), timeout=10) as team_a,
+        httpx.AsyncClient(base_url=secure, verify=as_namespace("team-b"), timeout=10) as team_b,
+        httpx.AsyncClient(
+            base_url=secure, verify=ssl.create_default_context(cafile=ca_file), timeout=10
+        ) as anonymous,
+    ):
+
+        async def ready() -> Any:
+            plugins = (await team_a.get("/debug/plugins")).json()
+            return plugins and plugins[0]["module"]["state"] == "ready"
+
+        await until(ready, what="plugin module fetched (debug page read with a client cert)")
+        served = await team_a.get(f"/modules/sha256/{digest}")
+        assert served.status_code == 200
+        assert served.content == header_filter_wasm
+        refused = await team_b.get(f"/modules/sha256/{digest}")
+        print(f"team-b certificate: {refused.status_code} {refused.text.strip()}")
+        assert refused.status_code == 403
+        with pytest.raises(httpx.TransportError):
+            await anonymous.get(f"/modules/sha256/{digest}")

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trustme
 import yaml
 
 from e2e.harness.bootstrap import ecds_bootstrap
@@ -20,6 +21,7 @@ from e2e.harness.upstream import EchoUpstream
 from e2e.harness.wasmxds import WasmxdsProcess, run_cli, running_wasmxds
 from e2e.test_core import HEADER, plugin_yaml
 from e2e.test_listener_mode import until
+from tests.xds.certs import client_cert
 
 pytestmark = pytest.mark.envoy
 
@@ -197,6 +199,46 @@ async def test_remote_delivery_envoy_downloads_from_wasmxds(tmp_path, upstream, 
         dump = await admin_json(client, admin, "/debug/config_dump?node=edge-1")
         code = json.dumps(dump["resources"]["ECDS"][0]["resource"])
         assert f"http://127.0.0.1:{admin_port}/modules/sha256/" in code
+        stats = await envoy.stats("cluster.wasmxds_modules.upstream_rq_200")
+        assert stats["cluster.wasmxds_modules.upstream_rq_200"] >= 1
+
+
+async def test_remote_delivery_over_admin_mutual_tls(tmp_path, upstream, modules):
+    """With admin mTLS, Envoy downloads its namespace's module through the wasmxds_modules
+    cluster `wasmxds bootstrap --modules-tls-*` builds, presenting its SPIFFE certificate."""
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    cert, key, ca_file = tls / "admin.pem", tls / "admin-key.pem", tls / "ca.pem"
+    issued.cert_chain_pems[0].write_to_path(cert)
+    issued.private_key_pem.write_to_path(key)
+    ca.cert_pem.write_to_path(ca_file)
+    envoy_cert, envoy_key = client_cert(ca, "spiffe://cluster.local/ns/default/sa/edge").write(
+        tls, "envoy"
+    )
+    admin_port = free_port()
+    code, out, err = await run_cli(
+        "bootstrap", "--node-id", "x", "--filter", "a.b",
+        "--modules-address", f"127.0.0.1:{admin_port}", "--modules-tls-ca", str(ca_file),
+        "--modules-tls-cert", str(envoy_cert), "--modules-tls-key", str(envoy_key),
+    )  # fmt: skip
+    assert code == 0, err
+    modules_cluster = yaml.safe_load(out)["static_resources"]["clusters"][-1]
+    url = modules.url("header-filter.wasm")
+    files = {"p.yaml": plugin_yaml("header-filter", url, {"response_headers": {HEADER: "mtls"}})}
+    args = (
+        *("--module-delivery", "remote", "--module-base-url", f"https://127.0.0.1:{admin_port}"),
+        *("--admin-tls-cert", str(cert), "--admin-tls-key", str(key)),
+        *("--admin-client-ca", str(ca_file)),
+    )
+    async with running(
+        tmp_path, upstream, files, args=args, bootstrap_extra=modules_cluster, admin_port=admin_port
+    ) as (
+        _, envoy, client, _,
+    ):  # fmt: skip
+        port = await envoy.wait_listener_port("ingress")
+        await until(lambda: _header(client, port, "mtls"), what="module downloaded over mTLS")
         stats = await envoy.stats("cluster.wasmxds_modules.upstream_rq_200")
         assert stats["cluster.wasmxds_modules.upstream_rq_200"] >= 1
 

@@ -76,11 +76,45 @@ def test_mutual_tls_client_certificate(capsys):
     assert common["tls_certificates"][0]["certificate_chain"]["filename"] == "/c.pem"
 
 
+def test_module_downloads_over_mutual_tls(capsys):
+    """With --modules-tls-* the wasmxds_modules cluster verifies the admin certificate with the
+    CA and presents the client certificate (no h2 ALPN: the admin port speaks HTTP/1.1)."""
+    code, config, _ = _run(
+        capsys, "--node-id", "n", "--filter", "a.b", "--modules-address", "wasmxds:18001",
+        "--modules-tls-ca", "/admin-ca.pem", "--modules-tls-cert", "/m.pem",
+        "--modules-tls-key", "/m-key.pem", "--modules-tls-sni", "wasmxds-admin",
+    )  # fmt: skip
+    assert code == 0
+    xds, *_, modules = config["static_resources"]["clusters"]
+    assert modules["name"] == "wasmxds_modules"
+    assert "transport_socket" not in xds
+    context = modules["transport_socket"]["typed_config"]
+    assert context["@type"].endswith("UpstreamTlsContext")
+    assert context["sni"] == "wasmxds-admin"
+    common = context["common_tls_context"]
+    assert "alpn_protocols" not in common
+    assert common["validation_context"]["trusted_ca"]["filename"] == "/admin-ca.pem"
+    assert common["tls_certificates"] == [
+        {"certificate_chain": {"filename": "/m.pem"}, "private_key": {"filename": "/m-key.pem"}}
+    ]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--node-id", "n"], "needs at least one --filter"),
         (["--node-id", "n", "--filter", "a.b", "--tls-cert", "/c"], "mutual TLS needs"),
+        (
+            ["--node-id", "n", "--filter", "a.b", "--modules-tls-ca", "/ca"],
+            "--modules-tls-* options need --modules-address",
+        ),
+        (
+            [
+                *("--node-id", "n", "--filter", "a.b", "--modules-address", "w:1"),
+                *("--modules-tls-cert", "/c", "--modules-tls-key", "/k"),
+            ],
+            "need --modules-tls-ca, --modules-tls-cert and",
+        ),
         (["--node-id", "n", "--filter", "a.b", "--label", "novalue"], "expected KEY=VALUE"),
         (["--node-id", "n", "--filter", "a.b", "--xds-address", "nope"], "expected HOST:PORT"),
     ],

@@ -225,3 +225,33 @@ def test_repeated_flags_collect_as_declared(tmp_path: Path):
     namespaces = next(s for s in SETTINGS if s.flag == "--namespace")
     assert namespaces.kind is Kind.REPEATED
     assert namespaces.collect(["a", "b", "a"]) == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("flags", "sentence"),
+    [
+        (("--admin-tls-cert",), "--admin-tls-cert and --admin-tls-key go together"),
+        (("--admin-client-ca",), "--admin-client-ca needs --admin-tls-cert and --admin-tls-key"),
+    ],
+)
+def test_admin_tls_flags_that_go_together(tmp_path: Path, flags: tuple[str, ...], sentence: str):
+    """Admin TLS half-configured is refused with a sentence naming the missing flags."""
+    pem = tmp_path / "x.pem"
+    pem.write_text("x")
+    args = parse_serve("--config-dir", str(tmp_path), *(a for f in flags for a in (f, str(pem))))
+    with pytest.raises(SettingsError, match=sentence):
+        settings_from_args(args)
+
+
+def test_admin_tls_and_debug_public_reach_the_settings(tmp_path: Path):
+    """--admin-tls-*, --admin-client-ca and --debug-public land in ServeSettings."""
+    pem = tmp_path / "x.pem"
+    pem.write_text("x")
+    args = parse_serve(
+        "--config-dir", str(tmp_path), "--admin-tls-cert", str(pem), "--admin-tls-key", str(pem),
+        "--admin-client-ca", str(pem), "--debug-public",
+    )  # fmt: skip
+    settings = settings_from_args(args)
+    assert (settings.admin_tls_cert, settings.admin_tls_key, settings.admin_client_ca) == (pem,) * 3
+    assert settings.debug_public
+    assert not settings_from_args(parse_serve("--config-dir", str(tmp_path))).debug_public

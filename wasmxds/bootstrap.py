@@ -85,6 +85,8 @@ class BootstrapOptions:
     tls: TlsOptions | None = None
     modules: HostPort | None = None
     """wasmxds's admin address, for ``--module-delivery remote`` downloads."""
+    modules_tls: TlsOptions | None = None
+    """How module downloads talk TLS to wasmxds's admin port (None: plain HTTP)."""
 
 
 def parse_labels_file(text: str) -> dict[str, str]:
@@ -125,29 +127,40 @@ def _cluster(name: str, where: HostPort, *, http2: bool = False) -> dict[str, An
     return cluster
 
 
+def _transport_socket(tls: TlsOptions, alpn: Sequence[str] = ()) -> dict[str, Any]:
+    """An ``UpstreamTlsContext`` verifying wasmxds with ``tls.ca`` (and presenting a client
+    certificate when ``tls`` has one)."""
+    common: dict[str, Any] = {}
+    if alpn:
+        common["alpn_protocols"] = list(alpn)
+    common["validation_context"] = {"trusted_ca": {"filename": str(tls.ca)}}
+    if tls.cert is not None and tls.key is not None:
+        common["tls_certificates"] = [
+            {
+                "certificate_chain": {"filename": str(tls.cert)},
+                "private_key": {"filename": str(tls.key)},
+            }
+        ]
+    context: dict[str, Any] = {"@type": _UPSTREAM_TLS, "common_tls_context": common}
+    if tls.sni:
+        context["sni"] = tls.sni
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
 def _xds_cluster(options: BootstrapOptions) -> dict[str, Any]:
     cluster = _cluster(XDS_CLUSTER, options.xds, http2=True)
-    tls = options.tls
+    if options.tls is not None:
+        # gRPC servers only speak HTTP/2 and check ALPN for it.
+        cluster["transport_socket"] = _transport_socket(options.tls, alpn=("h2",))
+    return cluster
+
+
+def _modules_cluster(where: HostPort, tls: TlsOptions | None) -> dict[str, Any]:
+    cluster = _cluster(MODULES_CLUSTER, where)
     if tls is not None:
-        common: dict[str, Any] = {
-            # gRPC servers only speak HTTP/2 and check ALPN for it.
-            "alpn_protocols": ["h2"],
-            "validation_context": {"trusted_ca": {"filename": str(tls.ca)}},
-        }
-        if tls.cert is not None and tls.key is not None:
-            common["tls_certificates"] = [
-                {
-                    "certificate_chain": {"filename": str(tls.cert)},
-                    "private_key": {"filename": str(tls.key)},
-                }
-            ]
-        context: dict[str, Any] = {"@type": _UPSTREAM_TLS, "common_tls_context": common}
-        if tls.sni:
-            context["sni"] = tls.sni
-        cluster["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": context,
-        }
+        # The admin port over HTTPS (`serve --admin-tls-cert`), with a client
+        # certificate when it asks for one (`--admin-client-ca`).
+        cluster["transport_socket"] = _transport_socket(tls)
     return cluster
 
 
@@ -224,7 +237,7 @@ def build_bootstrap(options: BootstrapOptions) -> dict[str, Any]:
         static["listeners"] = [_static_listener(options)]
         clusters.append(_cluster("upstream", options.upstream))
     if options.modules is not None:
-        clusters.append(_cluster(MODULES_CLUSTER, options.modules))
+        clusters.append(_modules_cluster(options.modules, options.modules_tls))
     metadata: dict[str, Any] = {"NAMESPACE": options.namespace}
     if options.labels:
         metadata["LABELS"] = dict(options.labels)

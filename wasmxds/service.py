@@ -18,7 +18,7 @@ import dataclasses
 
 import structlog
 
-from wasmxds.admin.server import AdminServer, AdminState, Pulse
+from wasmxds.admin.server import AdminServer, AdminState, AdminTls, Pulse
 from wasmxds.admin.views import Readiness
 from wasmxds.api.objects import ObjectKey
 from wasmxds.backoff import Backoff
@@ -64,6 +64,13 @@ def _delivery(settings: ServeSettings) -> Delivery:
             return InlineDelivery(settings.inline_max_size)
         case _:
             return LocalDelivery(settings.cache_dir, settings.module_dir_for_proxies)
+
+
+def admin_tls(settings: ServeSettings) -> AdminTls | None:
+    """HTTPS (and client certificates) for the admin port, if asked for."""
+    if settings.admin_tls_cert is None or settings.admin_tls_key is None:
+        return None
+    return AdminTls(settings.admin_tls_cert, settings.admin_tls_key, settings.admin_client_ca)
 
 
 class Service:
@@ -233,6 +240,9 @@ class Service:
                 module_arrived=self.module_arrived,
                 index=self.index,
             ),
+            tls=admin_tls(self.settings),
+            debug_public=self.settings.debug_public,
+            root_namespace=self.settings.root_namespace,
         )
 
     async def _first_push_deadline(self) -> None:

@@ -526,10 +526,43 @@ ADMIN_ADDRESS: Setting[HostPort] = Setting(
     doc="admin HTTP: health, metrics, debug pages, module downloads (see [Operating"
     " wasmxds](operating.md))",
 )
+ADMIN_TLS_CERT: Setting[Path | None] = Setting(
+    field="admin_tls_cert",
+    flag="--admin-tls-cert",
+    parse=Path,
+    check=_is_file,
+    metavar="FILE",
+    help="serve the admin port over HTTPS with this certificate chain (with `--admin-tls-key`)",
+)
+ADMIN_TLS_KEY: Setting[Path | None] = Setting(
+    field="admin_tls_key",
+    flag="--admin-tls-key",
+    parse=Path,
+    check=_is_file,
+    metavar="FILE",
+    help="the private key for `--admin-tls-cert`",
+)
+ADMIN_CLIENT_CA: Setting[Path | None] = Setting(
+    field="admin_client_ca",
+    flag="--admin-client-ca",
+    parse=Path,
+    check=_is_file,
+    metavar="FILE",
+    help="admin mutual TLS: only clients with a certificate from this CA connect; a module is"
+    " served only to a client whose SPIFFE namespace a plugin using it applies to (needs"
+    " `--admin-tls-cert`)",
+)
+DEBUG_PUBLIC: Setting[bool] = Setting(
+    field="debug_public",
+    flag="--debug-public",
+    kind=Kind.SWITCH,
+    help="let anyone who reaches a non-loopback admin address read the `/debug/` pages (without"
+    " it they need `--admin-client-ca`; `/metrics`, `/healthz`, `/readyz` are always open)",
+)
 ADMIN = Group(
     "admin server",
     "Health, readiness, metrics, debug pages and module downloads.",
-    (ADMIN_ADDRESS,),
+    (ADMIN_ADDRESS, ADMIN_TLS_CERT, ADMIN_TLS_KEY, ADMIN_CLIENT_CA, DEBUG_PUBLIC),
 )
 
 KUBERNETES: Setting[bool] = Setting(
@@ -599,6 +632,10 @@ class ServeSettings:
     config_dirs: tuple[Path, ...]
     xds_address: HostPort = XDS_ADDRESS.value_default
     admin_address: HostPort = ADMIN_ADDRESS.value_default
+    admin_tls_cert: Path | None = ADMIN_TLS_CERT.value_default
+    admin_tls_key: Path | None = ADMIN_TLS_KEY.value_default
+    admin_client_ca: Path | None = ADMIN_CLIENT_CA.value_default
+    debug_public: bool = DEBUG_PUBLIC.value_default
     # The environment decides the cache directory, so it is read per instance.
     cache_dir: Path = field(default_factory=lambda: CACHE_DIR.value_default)
     proxy_cache_dir: Path | None = PROXY_CACHE_DIR.value_default

@@ -67,9 +67,11 @@ async def admin(
 
 
 async def test_module_download_serves_cached_bytes(tmp_path):
-    """/modules/sha256/<hex> returns the module's bytes as application/wasm."""
-    async with admin(tmp_path) as (base, store, _), httpx.AsyncClient() as client:
+    """/modules/sha256/<hex> returns a module a plugin uses as application/wasm."""
+    plugins: dict[ObjectKey, PluginStatus] = {}
+    async with admin(tmp_path, plugins=plugins) as (base, store, _), httpx.AsyncClient() as client:
         module = await store.put(WASM_HEADER)
+        plugins[ObjectKey("default", "a")] = status("a", Ready(module))
         response = await client.get(f"{base}/modules/sha256/{module.digest}")
         assert response.status_code == 200
         assert response.content == WASM_HEADER
@@ -122,7 +124,12 @@ async def test_module_download_waits_while_the_digest_to_come_is_unknown(tmp_pat
             request = asyncio.create_task(client.get(f"{base}/modules/sha256/{WANTED}"))
             await asyncio.sleep(0.1)
             assert not request.done()
-            await store.put(WASM_HEADER)
+            module = await store.put(WASM_HEADER)
+            pulse.fire()
+            await asyncio.sleep(0.1)
+            # Landed but no plugin shows it yet: served only once reconcile says one uses it.
+            assert not request.done()
+            plugins[ObjectKey("default", "a")] = status("a", Ready(module))
             pulse.fire()
             assert (await request).status_code == 200
 

@@ -8,17 +8,25 @@
 /debug/problems              what the sources found wrong, as path:line: message
 /debug/config_dump?node=ID   the exact resources a proxy gets (or ?namespace=&label=k=v)
 /modules/sha256/<hex>        module bytes, for `--module-delivery remote`
+
+Module downloads serve only modules a current plugin references (served, last
+good, or being fetched); with ``--admin-client-ca`` only to a client whose
+certificate's SPIFFE namespace such a plugin applies to. On a non-loopback
+address the debug pages need that client CA or ``--debug-public``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import math
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -27,18 +35,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from wasmxds.admin.views import Readiness, config_dump, plugins_view, syncz
 from wasmxds.api.objects import ObjectKey, Problem
+from wasmxds.errors import SettingsError
 from wasmxds.metrics import Metrics
 from wasmxds.modules.index import ModuleIndex
 from wasmxds.modules.resolver import pinned_digest
 from wasmxds.modules.store import ModuleStore, is_digest
-from wasmxds.modules.types import Module, ModuleRequest, Pending
+from wasmxds.modules.types import Module, ModuleRequest, Pending, Ready
 from wasmxds.reconcile import PluginStatus
 from wasmxds.settings import HostPort
+from wasmxds.xds.identity import parse_spiffe_id
 from wasmxds.xds.node import node_info_from_metadata
 from wasmxds.xds.server import Session
 from wasmxds.xds.snapshot import Snapshot
 
-__all__ = ["AdminServer", "AdminState", "Pulse"]
+__all__ = ["AdminServer", "AdminState", "AdminTls", "Pulse"]
 
 log = structlog.get_logger(__name__)
 
@@ -224,10 +234,83 @@ class AdminState:
     """What each URL and OCI manifest resolved to before, to know what a fetch brings."""
 
 
+@dataclass(frozen=True, slots=True)
+class AdminTls:
+    """HTTPS for the admin port, and the CA client certificates must come from (if any)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.cert, self.key)
+        except (ssl.SSLError, OSError) as exc:
+            raise SettingsError(
+                f"--admin-tls-cert {self.cert} / --admin-tls-key {self.key}: not a PEM"
+                f" certificate chain and its private key ({exc})"
+            ) from exc
+        if self.client_ca is not None:
+            try:
+                context.load_verify_locations(cafile=self.client_ca)
+            except (ssl.SSLError, OSError) as exc:
+                raise SettingsError(
+                    f"--admin-client-ca {self.client_ca}: not a PEM CA certificate ({exc})"
+                ) from exc
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an admin bind address only takes connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name may resolve to anything
+
+
+_DEBUG_REFUSED = (
+    "the debug pages are not public on a non-loopback admin address: start wasmxds with"
+    " --admin-client-ca (and --admin-tls-cert/--admin-tls-key) and connect with a client"
+    " certificate from that CA, or with --debug-public to let anyone who reaches the port"
+    " read them\n"
+)
+
+
+def _peer_namespaces(request: web.Request) -> set[str]:
+    """The namespaces of the SPIFFE URI SANs of the client's verified certificate."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    namespaces: set[str] = set()
+    for kind, value in (cert or {}).get("subjectAltName", ()):
+        if kind == "URI":
+            with contextlib.suppress(ValueError):
+                namespaces.add(parse_spiffe_id(value).namespace)
+    return namespaces
+
+
 class AdminServer:
-    def __init__(self, *, address: HostPort, state: AdminState) -> None:
+    def __init__(
+        self,
+        *,
+        address: HostPort,
+        state: AdminState,
+        tls: AdminTls | None = None,
+        debug_public: bool = False,
+        root_namespace: str = "istio-system",
+    ) -> None:
         self._address = address
         self._state = state
+        # Built now, so that unreadable TLS files stop start-up with a sentence.
+        self._ssl_context = tls.context() if tls is not None else None
+        self._root_namespace = root_namespace
+        self._client_certs = tls is not None and tls.client_ca is not None
+        # A verified client certificate is required by the TLS handshake itself.
+        self._debug_open = debug_public or self._client_certs or is_loopback(address.host)
         self.port: int | None = None
         self._expectation: tuple[int, float, _Expectation] | None = None
         self._unknown_waiters = 0
@@ -260,14 +343,17 @@ class AdminServer:
         return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _syncz(self, request: web.Request) -> web.Response:
+        self._debug_allowed()
         return web.json_response(syncz(self._state.sessions()))
 
     async def _plugins(self, request: web.Request) -> web.Response:
+        self._debug_allowed()
         state = self._state
         view = plugins_view(state.plugins(), state.snapshot(), state.sessions(), state.delivery)
         return web.json_response(view)
 
     async def _problems(self, request: web.Request) -> web.Response:
+        self._debug_allowed()
         return web.json_response(
             [
                 {"path": p.path, "line": p.line, "severity": p.severity.value, "message": p.message}
@@ -276,6 +362,7 @@ class AdminServer:
         )
 
     async def _config_dump(self, request: web.Request) -> web.Response:
+        self._debug_allowed()
         node_id = request.query.get("node")
         snapshot = self._state.snapshot()
         if node_id:
@@ -296,18 +383,60 @@ class AdminServer:
         node = node_info_from_metadata("(hypothetical)", {"namespace": namespace, "labels": labels})
         return web.json_response(config_dump(snapshot, node, None))
 
+    def _debug_allowed(self) -> None:
+        if not self._debug_open:
+            raise web.HTTPForbidden(text=_DEBUG_REFUSED)
+
+    def _users(self, digest: str) -> set[str]:
+        """The namespaces of the current plugins that serve, keep or fetch module ``digest``."""
+        state = self._state
+        users: set[str] = set()
+        for status in state.plugins().values():
+            digests: set[str] = set()
+            if status.served_module is not None:
+                digests.add(status.served_module.digest)  # last good
+            match status.outcome:
+                case Ready(module=Module() as module):
+                    digests.add(module.digest)
+                case Pending():
+                    digests |= _digests_of(status.request, state.index)[0]
+            if digest in digests:
+                users.add(status.plugin.key.namespace)
+        return users
+
     async def _module(self, request: web.Request) -> web.StreamResponse:
         digest = request.match_info["digest"]
         if not is_digest(digest):
             raise web.HTTPNotFound(text="not a sha256 digest (64 lowercase hex characters)\n")
         module = self._state.store.get(digest)
+        if module is not None and not self._users(digest):
+            # The cache may keep modules no plugin uses any more (or that one
+            # namespace pulled with its secret): only what is referenced is served.
+            raise web.HTTPNotFound(text=f"module {digest} is not used by any current plugin\n")
         if module is None:
             # Behind a Service, a proxy can ask this replica for a module another
             # replica has just fetched; this one is most likely fetching it too.
             module = await self._await_module(digest)
         if module is None:
             raise web.HTTPNotFound(text=f"module {digest} is not in the cache\n")
+        if self._client_certs:
+            self._authorise(request, digest)
         return web.FileResponse(module.path, headers={"Content-Type": "application/wasm"})
+
+    def _authorise(self, request: web.Request, digest: str) -> None:
+        """403 unless the client's SPIFFE namespace is one a plugin using ``digest`` applies to."""
+        users = self._users(digest)
+        if self._root_namespace in users:
+            return  # a root-namespace plugin applies to every namespace
+        client = _peer_namespaces(request)
+        if client & users:
+            return
+        shown = ", ".join(sorted(client)) or "none (no SPIFFE URI SAN)"
+        raise web.HTTPForbidden(
+            # Which namespaces do use it is not said: that is another tenant's business.
+            text=f"module {digest}: no plugin that uses it applies to the namespace of your"
+            f" client certificate ({shown})\n"
+        )
 
     def _expected(self) -> _Expectation:
         """What fetches under way may bring; cached until the next pulse (or a second)."""
@@ -345,8 +474,11 @@ class AdminServer:
         self._unknown_waiters += unknown
         try:
             async with asyncio.timeout(wait):
-                while (module := state.store.get(digest)) is None:
+                # A landed module is served once reconcile shows a plugin using it.
+                while (module := state.store.get(digest)) is None or not self._users(digest):
                     await state.module_arrived.wait()
+                    if state.store.get(digest) is not None and self._users(digest):
+                        continue
                     expected = self._expected()
                     if digest not in expected.digests and not expected.open:
                         return None
@@ -368,7 +500,9 @@ class AdminServer:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self._address.host, self._address.port)
+            site = web.TCPSite(
+                runner, self._address.host, self._address.port, ssl_context=self._ssl_context
+            )
             await site.start()
             self.port = int(runner.addresses[0][1])
             log.info("admin.listening", address=f"{self._address.host}:{self.port}")

@@ -98,6 +98,24 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="wasmxds's admin address: adds the wasmxds_modules cluster that "
         "`serve --module-delivery remote` downloads go through",
     )
+    conn.add_argument(
+        "--modules-tls-ca",
+        type=Path,
+        metavar="FILE",
+        help="download modules over HTTPS, trusting this CA (`serve --admin-tls-cert`)",
+    )
+    conn.add_argument(
+        "--modules-tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="client certificate for module downloads (`serve --admin-client-ca`)",
+    )
+    conn.add_argument(
+        "--modules-tls-key", type=Path, metavar="FILE", help="client key for module downloads"
+    )
+    conn.add_argument(
+        "--modules-tls-sni", default="", metavar="NAME", help="server name module downloads ask for"
+    )
     ecds = parser.add_argument_group("ecds mode")
     ecds.add_argument(
         "--filter",
@@ -145,6 +163,7 @@ def options_from_args(args: argparse.Namespace) -> BootstrapOptions:
         raise SettingsError("mutual TLS needs --tls-ca, --tls-cert and --tls-key together")
     if args.tls_ca is not None:
         tls = TlsOptions(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, sni=args.tls_sni)
+    modules_tls = _modules_tls(args)
     mode = Mode(args.mode)
     if mode is Mode.ECDS and not args.filter:
         raise SettingsError(
@@ -165,6 +184,30 @@ def options_from_args(args: argparse.Namespace) -> BootstrapOptions:
         initial_fetch_timeout=args.initial_fetch_timeout,
         tls=tls,
         modules=parse_host_port(args.modules_address) if args.modules_address else None,
+        modules_tls=modules_tls,
+    )
+
+
+def _modules_tls(args: argparse.Namespace) -> TlsOptions | None:
+    """TLS for the wasmxds_modules cluster, checked like the xDS cluster's."""
+    client_cert = (args.modules_tls_cert, args.modules_tls_key)
+    given = args.modules_tls_ca is not None or any(f is not None for f in client_cert)
+    if given and not args.modules_address:
+        raise SettingsError("--modules-tls-* options need --modules-address")
+    if any(f is not None for f in client_cert) and (
+        None in client_cert or args.modules_tls_ca is None
+    ):
+        raise SettingsError(
+            "module downloads over mutual TLS need --modules-tls-ca, --modules-tls-cert and"
+            " --modules-tls-key together"
+        )
+    if args.modules_tls_ca is None:
+        return None
+    return TlsOptions(
+        ca=args.modules_tls_ca,
+        cert=args.modules_tls_cert,
+        key=args.modules_tls_key,
+        sni=args.modules_tls_sni,
     )
 
 

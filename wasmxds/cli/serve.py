@@ -64,6 +64,12 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         raise SettingsError("--tls-cert and --tls-key go together")
     if given["client_ca"] is not None and given["tls_cert"] is None:
         raise SettingsError("--client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
+    if (given["admin_tls_cert"] is None) != (given["admin_tls_key"] is None):
+        raise SettingsError("--admin-tls-cert and --admin-tls-key go together")
+    if given["admin_client_ca"] is not None and given["admin_tls_cert"] is None:
+        raise SettingsError(
+            "--admin-client-ca needs --admin-tls-cert and --admin-tls-key (mutual TLS is TLS first)"
+        )
     check_node_identity(given)
     given.update(registry_settings(given))
     # A per-host share above the total would only mean the total.
@@ -93,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         asyncio.run(_serve(settings))
+    except SettingsError as exc:  # a file a flag names turned out unusable (admin TLS)
+        print(f"wasmxds serve: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         failures = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
         for failure in failures:
