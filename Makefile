@@ -119,7 +119,9 @@ envoy-configs: $(STAMP)
 
 # Simulated Envoy fleets against wasmxds and the floor; prints the table, writes
 # docs/performance.json and docs/performance.png. BENCH_ARGS=--quick for 1k only.
+# Then what the pre-flight check costs per module size (a few seconds; prints only).
 BENCH_ARGS ?=
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --json docs/performance.json --plot docs/performance.png $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.preflight

@@ -4,6 +4,7 @@ This file is parsed by vulture, never imported. Add a name here only when a
 framework or a caller outside wasmxds/ uses it; dead code is deleted instead.
 """
 
+import wasmtime
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from google.protobuf import struct_pb2
 
@@ -16,6 +17,7 @@ from wasmxds.modules.oci.push import PushLayout
 from wasmxds.modules.purge import PurgeReport
 from wasmxds.modules.slots import PullSlots
 from wasmxds.modules.types import Pending
+from wasmxds.rollout.engine import Rollouts
 from wasmxds.settings import ModuleDelivery
 from wasmxds.sources.kube import client
 from wasmxds.sources.kubernetes import KubernetesSource
@@ -45,4 +47,11 @@ Pending.started_at
 KubernetesSource.reflectors
 Supervisor.stopping
 Snapshot.memoized_classes
+Snapshot.memoized_positions
 Snapshot.shared_responses
+# The staged-rollout operator API: /debug/rollouts and `wasmxds rollout ...` (admin), tests.
+Rollouts.views
+Rollouts.pause
+Rollouts.promote
+# A library reads it: wasmtime's Config applies each setter property to the engine.
+wasmtime.Config.parallel_compilation

@@ -30,8 +30,20 @@ measures:
 
 Cases: ``basic`` (one plugin, one label class) and ``classes`` (50 plugins over
 100 label classes; every node subscribes to all 50 names and the change is to a
-plugin every node runs). Prints a table (project, floor, ratio), writes the
-figures as JSON and a plot (PNG). Timing never fails the run.
+plugin every node runs). ``staged`` and ``classes-staged`` are the same with the
+changed plugin rolling out in steps (``rollout.wasmxds.io/steps: 25,50,100``,
+1 s bake): a change then takes one push per step, and the per-node latency is
+from the push that brought the change to that node (for an unstaged change,
+the only push); the server CPU per push covers the whole rollout (every step,
+the engine's ticks while it bakes, the completion), and "change→every node
+ACKed" is the whole rollout. Run both to see what staging costs:
+
+    python -m benchmarks.run --cases basic,staged --servers wasmxds --sizes 2000,10000 --no-storm
+
+(the floor does not stage: against it the staged cases compare a rollout with
+one push). Prints a table (project, floor, ratio), a staging table when a case
+and its staged variant both ran, writes the figures as JSON and a plot (PNG).
+Timing never fails the run.
 """
 
 from __future__ import annotations
@@ -85,6 +97,18 @@ class Case:
     name: str
     plugins: int
     label_classes: int
+    steps: str = ""
+    """The changed plugin's ``rollout.wasmxds.io/steps`` (empty: not staged)."""
+    interval: float = 1.0
+    """Its bake time per step (seconds)."""
+    unstaged: str = ""
+    """The case this one stages (what the staging table compares it with)."""
+
+    @property
+    def settle(self) -> float:
+        """Seconds after every node has a change until its rollout is over (the last
+        step's bake): the next change must not land in the middle of it."""
+        return self.interval + 1.0 if self.steps else 0.0
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -104,7 +128,8 @@ class Case:
         lines = [
             "apiVersion: extensions.istio.io/v1alpha1",
             "kind: WasmPlugin",
-            f"metadata: {{name: plugin-{plugin}, namespace: {NAMESPACE}}}",
+            f"metadata: {{name: plugin-{plugin}, namespace: {NAMESPACE}"
+            f"{self._annotations(plugin)}}}",
             "spec:",
             f"  url: file:///var/lib/wasm/plugin-{plugin}.wasm",
             f"  pluginConfig: {json.dumps(config)}",
@@ -113,10 +138,22 @@ class Case:
             lines.append(f"  selector: {{matchLabels: {{group: {selector}}}}}")
         return "\n".join(lines) + "\n"
 
+    def _annotations(self, plugin: int) -> str:
+        if not self.steps or plugin != 0:
+            return ""
+        return (
+            f', annotations: {{rollout.wasmxds.io/steps: "{self.steps}",'
+            f' rollout.wasmxds.io/interval: "{self.interval:g}s"}}'
+        )
+
 
 CASES = {
     "basic": Case("basic", plugins=1, label_classes=1),
     "classes": Case("classes", plugins=50, label_classes=100),
+    "staged": Case("staged", plugins=1, label_classes=1, steps="25,50,100", unstaged="basic"),
+    "classes-staged": Case(
+        "classes-staged", plugins=50, label_classes=100, steps="25,50,100", unstaged="classes"
+    ),
 }
 
 
@@ -225,6 +262,10 @@ class Server(Protocol):
         """Publish change ``mark``; returns when it was published (wall clock)."""
         ...
 
+    def push_times(self) -> list[float]:
+        """When the server pushed a snapshot (wall clock), as far as it says."""
+        ...
+
     async def stop(self) -> None: ...
 
 
@@ -252,6 +293,9 @@ class FloorProcess(_Controlled):
         at: float = (await self.call("push", mark=mark))["at"]
         return at
 
+    def push_times(self) -> list[float]:
+        return []  # one push per change: the change's own time
+
     async def stop(self) -> None:
         await self.close()
 
@@ -269,7 +313,8 @@ class ProjectProcess:
         self.port = free_port()
         self.admin_port = free_port()
         self._log_offset = 0
-        self._version = ""
+        self.pushes: list[tuple[str, float]] = []
+        """(snapshot version, wall-clock time) of every ``reconcile.pushed`` so far."""
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -318,7 +363,7 @@ class ProjectProcess:
                 if self.proc.returncode is not None:
                     raise RuntimeError(f"wasmxds exited: {self.log_path.read_text()[-2000:]}")
                 await asyncio.sleep(0.1)
-        self._version, _ = await self._pushed(after="")
+        await self._pushed(after=0)
 
     def _ready(self) -> bool:
         try:
@@ -329,28 +374,38 @@ class ProjectProcess:
         except OSError:
             return False
 
-    async def _pushed(self, after: str, timeout: float = 30.0) -> tuple[str, float]:
-        """The next ``reconcile.pushed`` log line with a version other than ``after``."""
+    def _scan(self) -> None:
+        """Read the log lines written since the last scan into :attr:`pushes`."""
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_offset)
+            chunk = log.read()
+        end = chunk.rfind(b"\n") + 1
+        self._log_offset += end
+        for line in chunk[:end].splitlines():
+            if b'"reconcile.pushed"' in line:
+                event = json.loads(line)
+                stamp = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+                self.pushes.append((str(event["version"]), stamp.timestamp()))
+
+    async def _pushed(self, after: int, timeout: float = 30.0) -> float:
+        """When the first push past the first ``after`` ones was made."""
         async with asyncio.timeout(timeout):
             while True:
-                with self.log_path.open("rb") as log:
-                    log.seek(self._log_offset)
-                    chunk = log.read()
-                end = chunk.rfind(b"\n") + 1
-                self._log_offset += end
-                for line in chunk[:end].splitlines():
-                    if b'"reconcile.pushed"' not in line:
-                        continue
-                    event = json.loads(line)
-                    if event.get("version") != after:
-                        stamp = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
-                        return str(event["version"]), stamp.timestamp()
+                self._scan()
+                if len(self.pushes) > after:
+                    return self.pushes[after][1]
                 await asyncio.sleep(0.01)
 
     async def change(self, mark: int) -> float:
+        # Pushes of an earlier change (a rollout's later steps) are not this one's.
+        self._scan()
+        seen = len(self.pushes)
         self._write(0, mark)
-        self._version, at = await self._pushed(after=self._version)
-        return at
+        return await self._pushed(after=seen)
+
+    def push_times(self) -> list[float]:
+        self._scan()
+        return [at for _, at in self.pushes]
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -526,6 +581,11 @@ class Options:
     floor_admission: bool = True
 
 
+def _push_before(pushes: Sequence[float], received: float, published: float) -> float:
+    """The last push made before a node received a change (``published`` if none was)."""
+    return max((at for at in pushes if at <= received), default=published)
+
+
 def _has_mark(mark: int, nodes: int) -> Callable[[FleetStatus], bool]:
     return lambda status: status.marks[mark] >= nodes
 
@@ -590,13 +650,20 @@ async def measure(server: Server, case: Case, nodes: int, delta: bool, opts: Opt
             cpu_before, client_before = cpu_seconds(pid), fleet.cpu()
             published = await server.change(mark)
             await fleet.wait(_has_mark(mark, nodes), timeout=opts.push_timeout)
+            # A staged change ends with its last step's bake: that CPU is the change's too.
+            await asyncio.sleep(case.settle)
             cpu_total += cpu_seconds(pid) - cpu_before
             client_total += fleet.cpu() - client_before
             times, missing = await fleet.mark_times(mark)
             result.push_missing += missing
-            round_latencies = [acked - published for _, acked in times]
+            # A staged change reaches each node with one of its steps' pushes.
+            pushes = sorted(at for at in server.push_times() if at >= published)
+            round_latencies = [
+                acked - _push_before(pushes, received, published) for received, acked in times
+            ]
             latencies += round_latencies
-            result.rounds_all_acked_ms.append(max(round_latencies, default=float("nan")) * 1000)
+            whole = max((acked - published for _, acked in times), default=float("nan"))
+            result.rounds_all_acked_ms.append(whole * 1000)
             await asyncio.sleep(0.3)
         if profiler is not None:
             await stop_profiler(profiler)
@@ -714,6 +781,8 @@ def table(results: Sequence[Result]) -> str:
         groups.setdefault((r.case, r.flavour, r.nodes, r.loop), {})[r.server] = r
     for (case, flavour, nodes, loop), by_server in groups.items():
         title = f"{CASES[case].plugins} plugin(s) x {CASES[case].label_classes} label class(es)"
+        if CASES[case].steps:
+            title += f", staged {CASES[case].steps}"
         out.append(f"\n== {title}, {flavour}, {nodes} nodes, {loop} ==")
         out.append(f"{'':32}{'wasmxds':>12}{'floor':>12}{'ratio':>8}")
         project, floor = by_server.get("wasmxds"), by_server.get("floor")
@@ -734,6 +803,38 @@ def table(results: Sequence[Result]) -> str:
                 notes.append(f"storm stream failures {r.storm_failures}")
             if notes:
                 out.append(f"  {r.server}: " + "; ".join(notes))
+    return "\n".join(out)
+
+
+_STAGING_ROWS: list[tuple[str, Callable[[Result], float], str]] = [
+    # (label, figure, format)
+    ("server CPU per change (s)", lambda r: r.cpu_per_push_s, "{:.3f}"),
+    ("push→ACKed p50 (ms)", lambda r: r.latency_p50_ms, "{:.0f}"),
+    ("push→ACKed p99 (ms)", lambda r: r.latency_p99_ms, "{:.0f}"),
+    ("push→ACKed max (ms)", lambda r: r.latency_max_ms, "{:.0f}"),
+    ("change→every node ACKed (ms)", lambda r: percentile(r.rounds_all_acked_ms, 50), "{:.0f}"),
+]
+
+
+def staging_table(results: Sequence[Result]) -> str:
+    """wasmxds with and without staging, per case that has a staged variant in ``results``."""
+    out: list[str] = []
+    ran = {(r.case, r.flavour, r.nodes, r.loop): r for r in results if r.server == "wasmxds"}
+    for (case, flavour, nodes, loop), staged in ran.items():
+        plain = ran.get((CASES[case].unstaged, flavour, nodes, loop))
+        if plain is None:
+            continue
+        steps = CASES[case].steps
+        out.append(f"\n== staging cost: {plain.case}, {flavour}, {nodes} nodes, {loop} ==")
+        out.append(f"{'':32}{'at once':>12}{'staged':>12}{'ratio':>8}")
+        for label, figure, fmt in _STAGING_ROWS:
+            a, b = figure(plain), figure(staged)
+            ratio = f"{b / a:.2f}" if a > 0 and a == a and b == b else "-"
+            out.append(f"{label:32}{_cell(a, fmt):>12}{_cell(b, fmt):>12}{ratio:>8}")
+        out.append(
+            f"  staged: steps {steps}, {CASES[case].interval:g} s bake per step; a change takes"
+            " one push per step and the CPU covers the whole rollout"
+        )
     return "\n".join(out)
 
 
@@ -880,6 +981,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.from_json is not None:
         results = load(args.from_json)
         print(table(results))
+        print(staging_table(results))
         if args.plot is not None:
             plot(results, args.plot)
         return 0
@@ -887,6 +989,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = asyncio.run(_run(args))
     print("\n# machine:", json.dumps(machine()))
     print(table(results))
+    print(staging_table(results))
     print(f"\n(total {time.monotonic() - started:.0f} s)")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -12,13 +12,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 import trustme
 from aiohttp import web
 
 from e2e.harness.listeners import free_port
 from e2e.harness.modules import ModuleServer
-from e2e.harness.wasmxds import running_wasmxds
+from e2e.harness.wasmxds import run_cli, running_wasmxds
 from e2e.test_core import plugin_yaml
 from e2e.test_listener_mode import until
 from tests.xds.certs import client_cert
@@ -179,7 +178,9 @@ async def test_admin_port_on_a_public_bind_guards_debug_pages_and_modules_by_nam
     tmp_path, modules: ModuleServer, header_filter_wasm: bytes
 ):
     """Real `wasmxds serve` on 0.0.0.0: debug pages 403 without the client CA, probes and
-    metrics open; with admin mTLS a module goes only to a certificate of its plugin's namespace."""
+    metrics open; with admin mTLS a module goes only to a certificate that proves (one SPIFFE
+    ID, a trusted domain) its plugin's namespace, refusals look like unknown digests, probes
+    need no certificate, and only a --debug-identity certificate reads the debug pages."""
     config = tmp_path / "config"
     config.mkdir()
     url = modules.url("header-filter.wasm")
@@ -206,6 +207,11 @@ async def test_admin_port_on_a_public_bind_guards_debug_pages_and_modules_by_nam
             assert "--debug-public" in response.text
         for path in ("/healthz", "/metrics"):
             assert (await client.get(path)).status_code == 200, path
+        code, _, err = await run_cli("plugins", "--admin-address", f"127.0.0.1:{admin_port}")
+        print(f"`wasmxds plugins` on the public bind: {err.strip()}")
+        assert code != 0
+        assert "--admin-cert" in err
+        assert "--debug-public" in err
 
     ca = trustme.CA()
     server = ca.issue_cert("127.0.0.1")
@@ -214,39 +220,103 @@ async def test_admin_port_on_a_public_bind_guards_debug_pages_and_modules_by_nam
     server.private_key_pem.write_to_path(key)
     ca.cert_pem.write_to_path(ca_file)
     secure = f"https://127.0.0.1:{admin_port}"
+    ops_id = "spiffe://cluster.local/ns/team-a/sa/ops"
     tls_args = (
         *("--admin-address", f"0.0.0.0:{admin_port}", "--module-delivery", "remote"),
         *("--module-base-url", secure, "--admin-tls-cert", str(cert)),
         *("--admin-tls-key", str(key), "--admin-client-ca", str(ca_file)),
+        *("--trust-domain", "cluster.local", "--debug-identity", ops_id),
     )
 
-    def as_namespace(namespace: str) -> ssl.SSLContext:
-        files = client_cert(ca, f"spiffe://cluster.local/ns/{namespace}/sa/envoy").write(
-            tmp_path, namespace
-        )
+    def holding(name: str, *uris: str) -> ssl.SSLContext:
+        files = client_cert(ca, *uris).write(tmp_path, name)
         context = ssl.create_default_context(cafile=ca_file)
         context.load_cert_chain(*files)
         return context
 
+    def as_namespace(namespace: str) -> ssl.SSLContext:
+        return holding(namespace, f"spiffe://cluster.local/ns/{namespace}/sa/envoy")
+
+    def connect(verify: ssl.SSLContext) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=secure, verify=verify, timeout=10)
+
     async with (
         running_wasmxds([config], tmp_path / "cache2", extra_args=tls_args),
-        httpx.AsyncClient(base_url=secure, verify=as_namespace("team-a"), timeout=10) as team_a,
-        httpx.AsyncClient(base_url=secure, verify=as_namespace("team-b"), timeout=10) as team_b,
-        httpx.AsyncClient(
-            base_url=secure, verify=ssl.create_default_context(cafile=ca_file), timeout=10
-        ) as anonymous,
+        connect(holding("ops", ops_id)) as ops,
+        connect(as_namespace("team-a")) as team_a,
+        connect(as_namespace("team-b")) as team_b,
+        connect(holding("evil", "spiffe://evil.example/ns/team-a/sa/envoy")) as foreign,
+        connect(
+            holding(
+                "both",
+                "spiffe://cluster.local/ns/team-a/sa/envoy",
+                "spiffe://cluster.local/ns/team-b/sa/envoy",
+            )
+        ) as both,
+        connect(ssl.create_default_context(cafile=ca_file)) as anonymous,
     ):
 
         async def ready() -> Any:
-            plugins = (await team_a.get("/debug/plugins")).json()
+            plugins = (await ops.get("/debug/plugins")).json()
             return plugins and plugins[0]["module"]["state"] == "ready"
 
-        await until(ready, what="plugin module fetched (debug page read with a client cert)")
+        await until(ready, what="plugin module fetched (debug page read by a --debug-identity)")
         served = await team_a.get(f"/modules/sha256/{digest}")
         assert served.status_code == 200
         assert served.content == header_filter_wasm
+
+        # A proxy's certificate from the CA is not a debug identity: no other tenant's config.
+        for path in ("/debug/config_dump?namespace=team-b", "/debug/plugins", "/debug/syncz"):
+            refused = await team_a.get(path)
+            assert refused.status_code == 403, path
+            assert "--debug-identity" in refused.text
+        print(f"team-a proxy certificate on the debug pages: {refused.text.strip()}")
+
+        # Another namespace's module is the same 404, at once, as a digest nobody has.
         refused = await team_b.get(f"/modules/sha256/{digest}")
+        unknown = await team_b.get(f"/modules/sha256/{'0' * 64}")
         print(f"team-b certificate: {refused.status_code} {refused.text.strip()}")
+        assert refused.status_code == unknown.status_code == 404
+        assert refused.text == unknown.text.replace("0" * 64, digest)
+
+        # The xDS port's identity rules: a trusted domain, exactly one SPIFFE ID.
+        for hostile, reason in ((foreign, "evil.example"), (both, "2 URI SANs")):
+            refused = await hostile.get(f"/modules/sha256/{digest}")
+            print(f"{reason}: {refused.status_code} {refused.text.strip()}")
+            assert refused.status_code == 403
+            assert reason in refused.text
+
+        # No certificate: probes and metrics answer, modules and debug pages ask for one.
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert (await anonymous.get(path)).status_code == 200, path
+        refused = await anonymous.get(f"/modules/sha256/{digest}")
         assert refused.status_code == 403
-        with pytest.raises(httpx.TransportError):
-            await anonymous.get(f"/modules/sha256/{digest}")
+        assert "--admin-client-ca" in refused.text
+
+        address = ("--admin-address", f"127.0.0.1:{admin_port}")
+        ops_files = (tmp_path / "ops.pem", tmp_path / "ops-key.pem")
+        code, out, err = await run_cli(
+            "plugins",
+            *address,
+            *("--admin-ca", str(ca_file), "--admin-cert", str(ops_files[0])),
+            *("--admin-key", str(ops_files[1])),
+        )
+        assert code == 0, err
+        assert "team-a/header-filter" in out
+        code, _, err = await run_cli(
+            "plugins",
+            *address,
+            *("--admin-ca", str(ca_file), "--admin-cert", str(tmp_path / "team-a.pem")),
+            *("--admin-key", str(tmp_path / "team-a-key.pem")),
+        )
+        print(f"`wasmxds plugins` with a proxy certificate: {err.strip()}")
+        assert code != 0
+        assert "--debug-identity" in err
+        code, _, err = await run_cli("status", *address)
+        print(f"`wasmxds status` in plain HTTP to the TLS port: {err.strip()}")
+        assert code != 0
+        assert "--admin-ca" in err
+        code, _, err = await run_cli("status", *address, "--admin-ca", str(ca_file))
+        print(f"`wasmxds status` without a client certificate: {err.strip()}")
+        assert code != 0
+        assert "--admin-cert" in err

@@ -196,8 +196,9 @@ async def test_phases_and_priorities_around_jwt_and_rbac(tmp_path, upstream, mod
         assert await listener_filter_names(envoy, "main") == [
             "default.authn-hi", "default.authn-lo", "envoy.filters.http.jwt_authn",
             "default.authz", "envoy.filters.http.rbac",
-            "default.stats", "envoy.filters.http.grpc_stats",
-            "default.plain-neg", "default.plain-unset", "envoy.filters.http.router",
+            # Phase-less plugins follow the STATS ones, before the stats filter (istiod).
+            "default.stats", "default.plain-neg", "default.plain-unset",
+            "envoy.filters.http.grpc_stats", "envoy.filters.http.router",
         ]  # fmt: skip
 
 

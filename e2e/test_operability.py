@@ -135,7 +135,9 @@ async def test_nack_of_a_corrupt_module_is_reported(tmp_path, upstream, modules)
             "header-filter", modules.url("corrupt.wasm"), extra=f"sha256: '{digest}'\n"
         )
     }
-    async with running(tmp_path, upstream, files) as (wasmxds, _, client, admin):
+    # --preflight off: the check would refuse the module before Envoy could NACK it.
+    args = ("--preflight", "off")
+    async with running(tmp_path, upstream, files, args=args) as (wasmxds, _, client, admin):
         state = await until(lambda: ecds_state(client, admin, "NACKED"), what="NACKED")
         assert state["nacks"] >= 1
         assert "Wasm" in state["last_nack"] or "wasm" in state["last_nack"]

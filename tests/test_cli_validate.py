@@ -102,12 +102,13 @@ class TestOutput:
 
     def test_warnings_do_not_fail(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """Warnings print with ``warning:`` and leave the exit status at 0."""
-        (tmp_path / "p.yaml").write_text(plugin("p", extra="  verificationKey: k\n"))
+        (tmp_path / "p.yaml").write_text(plugin("p", extra="  selector: {}\n"))
         assert run_validate(str(tmp_path / "p.yaml")) == 0
         out, err = capsys.readouterr()
         assert out == (
-            f"{tmp_path}/p.yaml:7: warning: spec.verificationKey: is not implemented (Istio"
-            " ignores it too); the module's signature is not verified\n"
+            f"{tmp_path}/p.yaml:7: warning: spec.selector: workload selector specified without"
+            " labels; it matches every proxy in the plugin's namespace (every proxy, in the root"
+            " namespace)\n"
         )
         assert err == "1 file, 1 plugin, 0 errors, 1 warning\n"
 
@@ -315,3 +316,33 @@ class TestEntryPoint:
         )
         assert bad.returncode == 1
         assert bad.stdout.count("\n") == 1
+
+
+def test_config_secret_annotation_problems_name_path_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A malformed secrets.wasmxds.io/plugin-config line is an error at its own file line."""
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            apiVersion: extensions.istio.io/v1alpha1
+            kind: WasmPlugin
+            metadata:
+              name: p
+              annotations:
+                secrets.wasmxds.io/plugin-config: |
+                  auth.key=api-keys/primary
+                  auth.token=other-ns/tokens/token
+            spec:
+              url: oci://ghcr.io/acme/f:v1
+            """
+        )
+    )
+    assert run_validate(str(path)) == 1
+    out, _ = capsys.readouterr()
+    assert out == (
+        f'{path}:8: metadata.annotations["secrets.wasmxds.io/plugin-config"]: line 2:'
+        " 'other-ns/tokens/token' names a namespace: a plugin reads Secrets of its own"
+        " namespace only; write <secret>/<key>\n"
+    )

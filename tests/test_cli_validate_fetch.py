@@ -21,7 +21,8 @@ import trustme
 
 from tests.test_cli_validate import plugin, run_validate
 
-WASM = b"\0asm\x01\x00\x00\x00"
+# A real proxy-wasm module: --fetch runs the pre-flight check, which refuses a bare header.
+WASM = (Path(__file__).parents[1] / "examples/header-filter/header-filter.wasm").read_bytes()
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -154,11 +155,11 @@ def test_fetch_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 def test_strict_fails_on_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Warnings alone exit 0, and 1 with --strict; --strict changes nothing when all is clean."""
-    (tmp_path / "warn.yaml").write_text(plugin("p", extra="  verificationKey: k\n"))
+    (tmp_path / "warn.yaml").write_text(plugin("p", extra="  selector: {}\n"))
     assert run_validate(str(tmp_path / "warn.yaml")) == 0
     assert run_validate("--strict", str(tmp_path / "warn.yaml")) == 1
     out, err = capsys.readouterr()
-    assert out.count("warning: spec.verificationKey") == 2
+    assert out.count("warning: spec.selector") == 2
     assert err.count("0 errors, 1 warning\n") == 2
     (tmp_path / "clean.yaml").write_text(plugin("q"))
     assert run_validate("--strict", str(tmp_path / "clean.yaml")) == 0

@@ -99,6 +99,56 @@ def test_module_downloads_over_mutual_tls(capsys):
     ]
 
 
+def _san(cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    common = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+    matchers: list[dict[str, Any]] = common["validation_context"]["match_typed_subject_alt_names"]
+    return matchers
+
+
+def test_without_namespace_no_namespace_is_written(capsys):
+    """No --namespace, no NAMESPACE key: an mTLS proxy takes its certificate's namespace
+    instead of being refused for claiming "default"."""
+    code, config, _ = _run(capsys, "--node-id", "n", "--filter", "a.b", "--label", "app=x")
+    assert code == 0
+    assert config["node"]["metadata"] == {"LABELS": {"app": "x"}}
+
+
+def test_tls_clusters_check_the_server_san_by_default(capsys):
+    """Over TLS both clusters check wasmxds's SAN, not only the CA: the host connected to by
+    default (IP or DNS), the SNI name when one is asked for."""
+    code, config, _ = _run(
+        capsys, "--node-id", "n", "--filter", "a.b", "--xds-address", "127.0.0.1:18000",
+        "--tls-ca", "/ca.pem", "--modules-address", "wasmxds-admin.svc:18001",
+        "--modules-tls-ca", "/ca.pem",
+    )  # fmt: skip
+    assert code == 0
+    xds, *_, modules = config["static_resources"]["clusters"]
+    assert _san(xds) == [{"san_type": "IP_ADDRESS", "matcher": {"exact": "127.0.0.1"}}]
+    assert _san(modules) == [{"san_type": "DNS", "matcher": {"exact": "wasmxds-admin.svc"}}]
+    code, config, _ = _run(
+        capsys, "--node-id", "n", "--filter", "a.b", "--xds-address", "10.0.0.5:18000",
+        "--tls-ca", "/ca.pem", "--tls-sni", "wasmxds.example",
+    )  # fmt: skip
+    assert _san(config["static_resources"]["clusters"][0]) == [
+        {"san_type": "DNS", "matcher": {"exact": "wasmxds.example"}}
+    ]
+
+
+def test_server_san_flags_take_spiffe_ids_ips_and_names(capsys):
+    """--tls-server-san / --modules-tls-server-san: a SPIFFE ID is a URI SAN, an IP an
+    IP_ADDRESS SAN, anything else a DNS name."""
+    spiffe = "spiffe://cluster.local/ns/wasmxds/sa/wasmxds"
+    code, config, _ = _run(
+        capsys, "--node-id", "n", "--filter", "a.b", "--tls-ca", "/ca.pem",
+        "--tls-server-san", spiffe, "--modules-address", "wasmxds:18001",
+        "--modules-tls-ca", "/ca.pem", "--modules-tls-server-san", "::1",
+    )  # fmt: skip
+    assert code == 0
+    xds, *_, modules = config["static_resources"]["clusters"]
+    assert _san(xds) == [{"san_type": "URI", "matcher": {"exact": spiffe}}]
+    assert _san(modules) == [{"san_type": "IP_ADDRESS", "matcher": {"exact": "::1"}}]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -114,6 +164,17 @@ def test_module_downloads_over_mutual_tls(capsys):
                 *("--modules-tls-cert", "/c", "--modules-tls-key", "/k"),
             ],
             "need --modules-tls-ca, --modules-tls-cert and",
+        ),
+        (
+            ["--node-id", "n", "--filter", "a.b", "--tls-server-san", "wasmxds"],
+            "--tls-server-san needs --tls-ca",
+        ),
+        (
+            [
+                *("--node-id", "n", "--filter", "a.b", "--modules-address", "w:1"),
+                *("--modules-tls-server-san", "w"),
+            ],
+            "--modules-tls-server-san needs --modules-tls-ca",
         ),
         (["--node-id", "n", "--filter", "a.b", "--label", "novalue"], "expected KEY=VALUE"),
         (["--node-id", "n", "--filter", "a.b", "--xds-address", "nope"], "expected HOST:PORT"),

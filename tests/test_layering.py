@@ -1,6 +1,6 @@
 """The stages import only what comes before them, so the folder list reads as the data flow.
 
-sources → debounce → reconcile → modules → translate → xds → admin, with cli and
+sources → debounce → reconcile → rollout → modules → translate → xds → admin, with cli and
 service on top. A stage may use the object model (``api``) and the shared helpers
 (``errors``, ``log``, ``backoff``...); what it must not do is reach into a later
 stage, or into one it only hands data to.
@@ -32,12 +32,29 @@ RULES = [
     ),
     (
         "wasmxds.modules",
-        ("wasmxds.reconcile", "wasmxds.translate", "wasmxds.xds", "wasmxds.admin"),
+        (
+            "wasmxds.reconcile",
+            "wasmxds.rollout",
+            "wasmxds.translate",
+            "wasmxds.xds",
+            "wasmxds.admin",
+        ),
         "the module stage fetches what it is asked for, for whoever asks",
     ),
     (
+        "wasmxds.rollout",
+        ("wasmxds.sources", "wasmxds.reconcile", "wasmxds.admin", "wasmxds.xds.server"),
+        "rollouts decide what reconcile serves; they read streams through a narrow protocol",
+    ),
+    (
         "wasmxds.translate",
-        ("wasmxds.xds.server", "wasmxds.sources", "wasmxds.reconcile", "wasmxds.admin"),
+        (
+            "wasmxds.xds.server",
+            "wasmxds.sources",
+            "wasmxds.reconcile",
+            "wasmxds.rollout",
+            "wasmxds.admin",
+        ),
         "translation builds resources from plugins and modules, not from streams",
     ),
     (
@@ -48,9 +65,28 @@ RULES = [
             "wasmxds.modules",
             "wasmxds.sources",
             "wasmxds.reconcile",
+            "wasmxds.rollout",
             "wasmxds.metrics",
         ),
         "the xDS layer serves what translate built (metrics reach it through StreamEvents)",
+    ),
+    (
+        "wasmxds.health",
+        (
+            "wasmxds.sources",
+            "wasmxds.reconcile",
+            "wasmxds.modules",
+            "wasmxds.translate",
+            "wasmxds.admin",
+            "wasmxds.metrics",
+            "wasmxds.cli",
+        ),
+        "health reads what proxies report and answers verdicts; acting on them is the rollout's",
+    ),
+    (
+        "wasmxds.xds",
+        ("wasmxds.health",),
+        "the metrics service is registered on the xDS port from outside (XdsServer.add_service)",
     ),
     (
         "wasmxds.api",
@@ -150,7 +186,17 @@ def test_no_import_cycles() -> None:
 
 def test_folders_read_as_the_data_flow() -> None:
     """Every stage of the data flow is a folder (or module) of its own at the top of the package."""
-    stages = ["sources", "debounce", "reconcile", "modules", "translate", "xds", "admin", "cli"]
+    stages = [
+        "sources",
+        "debounce",
+        "reconcile",
+        "rollout",
+        "modules",
+        "translate",
+        "xds",
+        "admin",
+        "cli",
+    ]
     missing = [stage for stage in stages if not (PACKAGE / stage / "__init__.py").exists()]
     assert not missing, missing
     assert (PACKAGE / "service.py").exists()

@@ -64,3 +64,50 @@ def test_combinations_that_cannot_work_are_refused(tmp_path, flags, mtls, senten
     """Identity flags that would silently do nothing are usage errors with a sentence."""
     with pytest.raises(SettingsError, match=sentence):
         _settings(tmp_path, *flags, mtls=mtls)
+
+
+def _admin_mtls(tmp_path: Path) -> tuple[str, ...]:
+    return (
+        *("--admin-tls-cert", str(tmp_path / "cert.pem")),
+        *("--admin-tls-key", str(tmp_path / "key.pem")),
+        *("--admin-client-ca", str(tmp_path / "ca.pem")),
+    )
+
+
+def test_debug_identities_and_admin_trust_domains(tmp_path):
+    """--debug-identity (an ID or ns/<ns>/*) needs --admin-client-ca; --trust-domain is
+    accepted with admin mTLS alone, since the admin port applies it too."""
+    _settings(tmp_path)  # writes the files
+    settings = _settings(
+        tmp_path,
+        *_admin_mtls(tmp_path),
+        *("--trust-domain", "cluster.local"),
+        *("--debug-identity", "spiffe://cluster.local/ns/ops/*"),
+        *("--debug-identity", "spiffe://cluster.local/ns/sre/sa/oncall"),
+    )
+    assert settings.trust_domains == {"cluster.local"}
+    assert settings.debug_identities == {
+        "spiffe://cluster.local/ns/ops/*",
+        "spiffe://cluster.local/ns/sre/sa/oncall",
+    }
+
+
+@pytest.mark.parametrize(
+    ("flags", "admin", "sentence"),
+    [
+        (("--debug-identity", "spiffe://cluster.local/ns/ops/*"), False, "needs --admin-client-ca"),
+        (("--debug-identity", "ops"), True, "expected a SPIFFE ID"),
+        (("--debug-identity", "spiffe://cluster.local/ops/*"), True, "expected a SPIFFE ID"),
+        (
+            ("--trust-domain", "prod.example", "--debug-identity", "spiffe://cluster.local/ns/o/*"),
+            True,
+            "no certificate could match it",
+        ),
+    ],
+)
+def test_debug_identity_combinations_that_cannot_work_are_refused(tmp_path, flags, admin, sentence):
+    """A --debug-identity that could never match, or without admin mTLS, is a usage error."""
+    _settings(tmp_path)
+    extra = _admin_mtls(tmp_path) if admin else ()
+    with pytest.raises(SettingsError, match=sentence):
+        _settings(tmp_path, *extra, *flags)

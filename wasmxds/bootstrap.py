@@ -7,21 +7,25 @@ Two modes:
 - ``listeners``: no static listeners; wasmxds serves listeners and clusters
   (LDS/CDS over ADS) built from templates, with every applicable WasmPlugin placed.
 
-Either over SotW or delta ADS, in plaintext, TLS or mutual TLS. The node's
-namespace and labels (what WasmPlugin scoping uses) go into node metadata
-under Istio's keys, ``NAMESPACE`` and ``LABELS``.
+Either over SotW or delta ADS, in plaintext, TLS or mutual TLS. Over TLS, Envoy
+checks that wasmxds's certificate both comes from the CA and names the server it
+asked for (a SAN), so that another workload's certificate from the same CA cannot
+stand in for wasmxds. The node's namespace (when given) and labels (what
+WasmPlugin scoping uses) go into node metadata under Istio's keys, ``NAMESPACE``
+and ``LABELS``.
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wasmxds.settings import HostPort
-from wasmxds.translate.typeurls import HTTP_RBAC, HTTP_WASM
+from wasmxds.translate.typeurls import HTTP_LUA, HTTP_RBAC, HTTP_WASM
 
 __all__ = [
     "MODULES_CLUSTER",
@@ -31,6 +35,8 @@ __all__ = [
     "TlsOptions",
     "build_bootstrap",
     "parse_labels_file",
+    "san_matcher",
+    "stats_sink_config",
 ]
 
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -40,6 +46,7 @@ _HCM = (
 )
 _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+_METRICS_SERVICE = "type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig"
 XDS_CLUSTER = "wasmxds"
 MODULES_CLUSTER = "wasmxds_modules"
 """The cluster Envoy downloads modules through with ``--module-delivery remote``."""
@@ -66,13 +73,18 @@ class TlsOptions:
     cert: Path | None = None
     key: Path | None = None
     sni: str = ""
+    server_san: str = ""
+    """The SAN wasmxds's certificate must carry (a SPIFFE ID, an IP or a DNS name); ""
+    for ``sni`` if given, else the host Envoy connects to."""
 
 
 @dataclass(frozen=True, slots=True)
 class BootstrapOptions:
     node_id: str
     cluster: str = ""
-    namespace: str = "default"
+    namespace: str | None = None
+    """Written as ``NAMESPACE`` only when given: with ``--node-identity certificate``
+    wasmxds takes it from the proxy's certificate, and otherwise uses ``default``."""
     labels: Mapping[str, str] = field(default_factory=dict)
     xds: HostPort = DEFAULT_XDS
     mode: Mode = Mode.ECDS
@@ -87,6 +99,8 @@ class BootstrapOptions:
     """wasmxds's admin address, for ``--module-delivery remote`` downloads."""
     modules_tls: TlsOptions | None = None
     """How module downloads talk TLS to wasmxds's admin port (None: plain HTTP)."""
+    stats_sink: bool = False
+    """Stream Envoy's stats to wasmxds's metrics service (proxy health for rollouts)."""
 
 
 def parse_labels_file(text: str) -> dict[str, str]:
@@ -127,13 +141,31 @@ def _cluster(name: str, where: HostPort, *, http2: bool = False) -> dict[str, An
     return cluster
 
 
-def _transport_socket(tls: TlsOptions, alpn: Sequence[str] = ()) -> dict[str, Any]:
-    """An ``UpstreamTlsContext`` verifying wasmxds with ``tls.ca`` (and presenting a client
-    certificate when ``tls`` has one)."""
+def san_matcher(san: str) -> dict[str, Any]:
+    """A ``SubjectAltNameMatcher`` for ``san``: a SPIFFE ID is a URI SAN, an IP address an
+    IP_ADDRESS SAN, anything else a DNS name."""
+    if san[: len("spiffe://")].lower() == "spiffe://":
+        return {"san_type": "URI", "matcher": {"exact": san}}
+    try:
+        address = ipaddress.ip_address(san.strip("[]"))
+    except ValueError:
+        return {"san_type": "DNS", "matcher": {"exact": san}}
+    return {"san_type": "IP_ADDRESS", "matcher": {"exact": str(address)}}
+
+
+def _transport_socket(tls: TlsOptions, host: str, alpn: Sequence[str] = ()) -> dict[str, Any]:
+    """An ``UpstreamTlsContext`` verifying wasmxds (at ``host``) with ``tls.ca`` and its SAN,
+    and presenting a client certificate when ``tls`` has one."""
     common: dict[str, Any] = {}
     if alpn:
         common["alpn_protocols"] = list(alpn)
-    common["validation_context"] = {"trusted_ca": {"filename": str(tls.ca)}}
+    # The CA alone is not enough: a mesh CA signs every workload, and any of them could
+    # answer as wasmxds. The certificate must also name the server Envoy asked for.
+    san = tls.server_san or tls.sni or host
+    common["validation_context"] = {
+        "trusted_ca": {"filename": str(tls.ca)},
+        "match_typed_subject_alt_names": [san_matcher(san)],
+    }
     if tls.cert is not None and tls.key is not None:
         common["tls_certificates"] = [
             {
@@ -151,7 +183,7 @@ def _xds_cluster(options: BootstrapOptions) -> dict[str, Any]:
     cluster = _cluster(XDS_CLUSTER, options.xds, http2=True)
     if options.tls is not None:
         # gRPC servers only speak HTTP/2 and check ALPN for it.
-        cluster["transport_socket"] = _transport_socket(options.tls, alpn=("h2",))
+        cluster["transport_socket"] = _transport_socket(options.tls, options.xds.host, ("h2",))
     return cluster
 
 
@@ -160,7 +192,7 @@ def _modules_cluster(where: HostPort, tls: TlsOptions | None) -> dict[str, Any]:
     if tls is not None:
         # The admin port over HTTPS (`serve --admin-tls-cert`), with a client
         # certificate when it asks for one (`--admin-client-ca`).
-        cluster["transport_socket"] = _transport_socket(tls)
+        cluster["transport_socket"] = _transport_socket(tls, where.host)
     return cluster
 
 
@@ -171,7 +203,8 @@ def _filter_reference(name: str, options: BootstrapOptions) -> dict[str, Any]:
             "resource_api_version": "V3",
             "initial_fetch_timeout": options.initial_fetch_timeout,
         },
-        "type_urls": [HTTP_WASM, HTTP_RBAC],
+        # Lua too: any name may be a TrafficExtension's, which can be a Lua filter.
+        "type_urls": [HTTP_WASM, HTTP_RBAC, HTTP_LUA],
     }
     if options.default_config:
         # Allow-all RBAC: traffic keeps flowing without the filter while the
@@ -238,10 +271,12 @@ def build_bootstrap(options: BootstrapOptions) -> dict[str, Any]:
         clusters.append(_cluster("upstream", options.upstream))
     if options.modules is not None:
         clusters.append(_modules_cluster(options.modules, options.modules_tls))
-    metadata: dict[str, Any] = {"NAMESPACE": options.namespace}
+    metadata: dict[str, Any] = {}
+    if options.namespace is not None:
+        metadata["NAMESPACE"] = options.namespace
     if options.labels:
         metadata["LABELS"] = dict(options.labels)
-    return {
+    config: dict[str, Any] = {
         "node": {
             "id": options.node_id,
             "cluster": options.cluster or options.node_id,
@@ -249,4 +284,30 @@ def build_bootstrap(options: BootstrapOptions) -> dict[str, Any]:
         },
         "dynamic_resources": dynamic,
         "static_resources": static,
+    }
+    if options.stats_sink:
+        config.update(stats_sink_config())
+    return config
+
+
+STATS_FLUSH_INTERVAL = "5s"
+"""How often Envoy sends its stats: a failing plugin is seen within this (Envoy's default: 5s)."""
+
+
+def stats_sink_config() -> dict[str, Any]:
+    """The bootstrap fields that stream Envoy's stats to wasmxds's metrics service over the
+    xDS cluster; counters as deltas since the last flush, as wasmxds's health figures expect."""
+    return {
+        "stats_sinks": [
+            {
+                "name": "envoy.stat_sinks.metrics_service",
+                "typed_config": {
+                    "@type": _METRICS_SERVICE,
+                    "transport_api_version": "V3",
+                    "report_counters_as_deltas": True,
+                    "grpc_service": {"envoy_grpc": {"cluster_name": XDS_CLUSTER}},
+                },
+            }
+        ],
+        "stats_flush_interval": STATS_FLUSH_INTERVAL,
     }

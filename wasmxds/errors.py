@@ -7,11 +7,14 @@
     │   │   └── YamlLimitError      a file passed a size/depth/alias bound
     │   ├── GoURLError              Go's url.Parse would refuse the URL (also a ValueError)
     │   ├── DockerConfigError       a Docker config (or pull secret) is unusable (also a ValueError)
+    │   ├── KeyFormatError          a verification or signing key is unusable (also a ValueError)
     │   └── KubeConfigError         the kubeconfig or in-cluster configuration is unusable
     ├── KubeApiError                a Kubernetes API request failed (``status``, ``transient``)
     │   └── Gone                    410: the resourceVersion is too old
     ├── ProtocolError               an xDS client broke the protocol (INVALID_ARGUMENT)
     │   └── LimitExceeded           it asked for more than a stream may hold (RESOURCE_EXHAUSTED)
+    ├── RolloutError                an operator action a staged rollout cannot take now (409)
+    │   └── RolloutNotFound         the plugin named has no staged rollout (404)
     └── ModuleError                 a Wasm module could not be made available
         ├── UnsupportedSchemeError  the URL's scheme cannot be fetched
         ├── InvalidReferenceError   an oci:// URL is not a valid image reference
@@ -20,12 +23,16 @@
         │   ├── BlockedAddressError the host resolved to a link-local/metadata address
         │   ├── BlockedRealmError   a registry named a token realm we refuse to call
         │   ├── RegistryAuthError   the registry wants credentials, or refused them
+        │   ├── CredentialHelperError a docker credential helper failed, or may not run
+        │   ├── SignatureInvalidError no cosign signature by a trusted key for the manifest
+        │   ├── ModuleAccessDeniedError a cached module this plugin's credentials cannot read
         │   └── DigestMismatchError registry content does not hash to its digest
         ├── ModuleTooLargeError     the module (or an archive layer) exceeds the size cap
         ├── NotWasmError            the bytes do not start with the Wasm magic number
         ├── ChecksumMismatchError   the module's sha256 differs from spec.sha256
         ├── UnknownLayoutError      an OCI image holds no module in any layout we know
         ├── UnsafeLayerError        an image layer has path traversal or link entries
+        ├── ModuleIncompatibleError the pre-flight check found the module cannot run in Envoy
         └── CacheWriteError         the verified module could not be written to the cache
 
 A :class:`ModuleError` carries its parts as fields (``url``, ``detail``,
@@ -48,22 +55,29 @@ __all__ = [
     "CacheWriteError",
     "ChecksumMismatchError",
     "ConfigError",
+    "CredentialHelperError",
     "DigestMismatchError",
     "DockerConfigError",
     "FetchError",
     "GoURLError",
     "Gone",
     "InvalidReferenceError",
+    "KeyFormatError",
     "KubeApiError",
     "KubeConfigError",
     "LimitExceeded",
     "MissingPullSecretError",
+    "ModuleAccessDeniedError",
     "ModuleError",
+    "ModuleIncompatibleError",
     "ModuleTooLargeError",
     "NotWasmError",
     "ProtocolError",
     "RegistryAuthError",
+    "RolloutError",
+    "RolloutNotFound",
     "SettingsError",
+    "SignatureInvalidError",
     "UnknownLayoutError",
     "UnsafeLayerError",
     "UnsupportedSchemeError",
@@ -107,6 +121,10 @@ class GoURLError(ConfigError, ValueError):
 
 class DockerConfigError(ConfigError, ValueError):
     """The content is not a usable Docker config; the message names the field, never its value."""
+
+
+class KeyFormatError(ConfigError, ValueError):
+    """A PEM key cannot be used to verify or sign; the message names where it came from."""
 
 
 class KubeConfigError(ConfigError):
@@ -221,6 +239,11 @@ class BlockedRealmError(FetchError, reason="blocked_realm", retryable=False): ..
 class RegistryAuthError(FetchError, reason="auth_failed"): ...
 
 
+class CredentialHelperError(FetchError, reason="credential_helper_failed"):
+    """A ``docker-credential-<name>`` program failed, hung or may not run; the message names
+    the helper and its exit status only (what it printed may be a secret)."""
+
+
 class DigestMismatchError(FetchError, reason="digest_mismatch"): ...
 
 
@@ -228,3 +251,28 @@ class UnknownLayoutError(ModuleError, reason="unknown_layout"): ...
 
 
 class UnsafeLayerError(ModuleError, reason="unsafe_layer"): ...
+
+
+class ModuleIncompatibleError(ModuleError, reason="module_incompatible", retryable=False):
+    """The pre-flight check refused the module: it is not valid Wasm, or does not fit the
+    proxy-wasm ABI Envoy implements (the detail names the export or import that is wrong)."""
+
+
+class SignatureInvalidError(FetchError, reason="signature_invalid"):
+    """No cosign signature by a trusted key for the manifest (retryable: one may come later)."""
+
+
+class ModuleAccessDeniedError(FetchError, reason="module_access_denied"):
+    """The module is cached (fetched with other credentials), but the registry refuses this
+    plugin's credentials for it (retryable: access may be granted, or the secret fixed)."""
+
+
+# ----------------------------------------------------------------- staged rollouts
+
+
+class RolloutError(WasmxdsError):
+    """An operator action on a staged rollout that cannot be done in its current state."""
+
+
+class RolloutNotFound(RolloutError):
+    """No staged rollout is known for the plugin named."""

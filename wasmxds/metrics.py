@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "StreamMetrics"]
+__all__ = ["HealthMetrics", "Metrics", "StreamMetrics"]
 
 # Push latencies on loopback are milliseconds; across a fleet, seconds.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -103,6 +103,17 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.rollout_steps = Counter(
+            "wasmxds_rollout_steps_advanced",
+            "staged rollout steps advanced (a completed rollout counts its last step)",
+            registry=registry,
+        )
+        self.rollout_rollbacks = Counter(
+            "wasmxds_rollout_rollbacks",
+            "staged rollouts rolled back, by reason: nack, health or abort",
+            ["reason"],
+            registry=registry,
+        )
         self._live = _Live()
         registry.register(self._live)
 
@@ -151,3 +162,40 @@ class StreamMetrics:
 
     def on_identity_refused(self, reason: str) -> None:
         self._metrics.identity_refused.labels(reason).inc()
+
+
+class HealthMetrics:
+    """The metrics service's events as metrics (``wasmxds.health.metrics_service.HealthEvents``).
+
+    One per :class:`Metrics`: it registers its metrics on that registry.
+    """
+
+    def __init__(self, metrics: Metrics, open_streams: Callable[[], int]) -> None:
+        registry = metrics.registry
+        self._messages = Counter(
+            "wasmxds_health_metrics_messages",
+            "metrics service messages from proxies: accepted, or refused by reason (too_large,"
+            " invalid, too_many_streams, no_xds_stream, identity_mismatch, certificate reasons)",
+            ["result", "reason"],
+            registry=registry,
+        )
+        self._samples = Counter(
+            "wasmxds_health_samples",
+            "health samples (Wasm failure, request and 5xx counters) read from accepted messages",
+            registry=registry,
+        )
+        self._accepted = self._messages.labels("accepted", "")
+        metrics.live_gauge(
+            "wasmxds_health_metrics_streams",
+            "open metrics service streams (Envoy stats sinks)",
+            (),
+            lambda: [((), float(open_streams()))],
+        )
+
+    def on_metrics_message(self, result: str, reason: str, samples: int) -> None:
+        if result == "accepted":
+            self._accepted.inc()
+        else:
+            self._messages.labels(result, reason).inc()
+        if samples:
+            self._samples.inc(samples)

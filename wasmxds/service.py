@@ -21,23 +21,33 @@ import structlog
 from wasmxds.admin.server import AdminServer, AdminState, AdminTls, Pulse
 from wasmxds.admin.views import Readiness
 from wasmxds.api.objects import ObjectKey
+from wasmxds.api.proto import wasm_pb2
+from wasmxds.api.rollout import RolloutPolicy
 from wasmxds.backoff import Backoff
 from wasmxds.bootstrap import MODULES_CLUSTER
 from wasmxds.debounce import Debouncer
-from wasmxds.metrics import Metrics, StreamMetrics
+from wasmxds.health.metrics_service import MetricsService
+from wasmxds.health.verdict import FleetHealth
+from wasmxds.metrics import HealthMetrics, Metrics, StreamMetrics
+from wasmxds.modules.access import puller
 from wasmxds.modules.http import HttpFetcher
 from wasmxds.modules.index import INDEX_FILE, ModuleIndex
 from wasmxds.modules.oci.fetcher import DEFAULT_OCI_SETTINGS, OciFetcher
+from wasmxds.modules.preflight import Preflight
+from wasmxds.modules.proxyabi import plugin_type_warning
 from wasmxds.modules.purge import CachePurger
 from wasmxds.modules.resolver import ModuleResolver
 from wasmxds.modules.secrets import PullSecrets
 from wasmxds.modules.slots import STALLED_PULL_SECONDS
 from wasmxds.modules.store import ModuleStore
-from wasmxds.modules.types import Module
+from wasmxds.modules.types import Module, Ready
 from wasmxds.reconcile import Reconciler
 from wasmxds.reconcile.kubestatus import PluginReport, StatusWriter
 from wasmxds.reconcile.last_good import LAST_GOOD_FILE, LastGoodFile
 from wasmxds.reconcile.reports import plugin_reports
+from wasmxds.reconcile.staging import ROLLOUT_STABLE_FILE, Staging
+from wasmxds.rollout import Rollouts
+from wasmxds.rollout.state import ROLLOUTS_FILE, RolloutFile
 from wasmxds.settings import ModuleDelivery, ServeSettings, fetcher_settings
 from wasmxds.sources.directory import DirectorySource
 from wasmxds.sources.kube.client import KubeClient
@@ -47,7 +57,7 @@ from wasmxds.sources.state import SourceState, TemplateState
 from wasmxds.sources.templates import TemplateSource
 from wasmxds.supervisor import Supervisor
 from wasmxds.translate.plugins import Delivery, InlineDelivery, LocalDelivery, RemoteDelivery
-from wasmxds.xds.identity import IdentityPolicy
+from wasmxds.xds.identity import IdentityPolicy, parse_identity_pattern
 from wasmxds.xds.server import TlsFiles, XdsServer
 
 __all__ = ["Service"]
@@ -90,7 +100,9 @@ class Service:
         )
         self._build_modules(index)
         self._build_sources()
+        self._build_rollouts()
         self._build_xds()
+        self._build_health()
         self._build_reconcile(last_good)
         self._build_admin()
 
@@ -114,7 +126,12 @@ class Service:
             index=self.index,
             settings=dataclasses.replace(fetch_settings, tries=DEFAULT_OCI_SETTINGS.tries),
             pull_secrets=self.pull_secrets,
+            verified_ttl=settings.module_access_ttl,
         )
+        # No module reaches a proxy before wasmtime checked it against Envoy's ABI (--preflight).
+        self.preflight = Preflight() if settings.preflight == "on" else None
+        # (plugin, module digest, type) already warned about: each mismatch is logged once.
+        self._type_warned: set[tuple[ObjectKey, str, int]] = set()
         self.resolver = ModuleResolver(
             store=self.store,
             fetchers={"http": self.http, "https": self.http, "oci": self.oci},
@@ -125,6 +142,8 @@ class Service:
             lend_stalled_after=STALLED_PULL_SECONDS,
             on_fetched=self._fetched,
             metrics=self.metrics,
+            access_ttl=settings.module_access_ttl,
+            preflight=self.preflight,
             on_change=self.debouncer.trigger,
             retry=Backoff(
                 initial=min(1.0, settings.fetch_retry_max),
@@ -177,6 +196,7 @@ class Service:
             max_resource_names=settings.max_resource_names,
             tls=tls,
             events=StreamMetrics(self.metrics),
+            rejections=self.rollouts,
             node_identity=(
                 IdentityPolicy(settings.trust_domains)
                 if settings.identity_from_certificate
@@ -184,10 +204,43 @@ class Service:
             ),
         )
 
+    def _build_health(self) -> None:
+        """Envoy's metrics service on the xDS port, feeding the proxies' health figures."""
+        settings = self.settings
+        self.health = FleetHealth()
+        self.metrics_service = MetricsService(
+            self.health,
+            xds_identities=self.xds.node_identities,
+            # Health reports count only from the identity the node's xDS stream proved.
+            identity=(
+                IdentityPolicy(settings.trust_domains)
+                if settings.identity_from_certificate
+                else None
+            ),
+            events=HealthMetrics(self.metrics, lambda: self.metrics_service.open_streams),
+        )
+        self.xds.add_service(self.metrics_service.handlers())
+
+    def _build_rollouts(self) -> None:
+        """The staged-rollout engine and what it kept (small files, read once at start)."""
+        settings = self.settings
+        cache = settings.cache_dir
+        self.rollouts = Rollouts(
+            default=RolloutPolicy(settings.rollout_steps, settings.rollout_interval),
+            root_namespace=settings.root_namespace,
+            sessions=lambda: self.xds.sessions,
+            changed=self.debouncer.trigger,
+            saved=RolloutFile.load(cache / ROLLOUTS_FILE),
+            metrics=self.metrics,
+        )
+        self.staging = Staging(self.rollouts, LastGoodFile.load(cache / ROLLOUT_STABLE_FILE))
+
     def _build_reconcile(self, last_good: LastGoodFile) -> None:
         """Sources and modules in, a snapshot for the xDS server out."""
         settings = self.settings
         self.last_good = last_good
+        # Rollouts roll back on the proxies' own health signals too.
+        self.rollouts.health = self.health
         self.reconciler = Reconciler(
             # First source wins on duplicates: directories before the cluster.
             sources=[lambda: self.source.state, self._kubernetes_state],
@@ -204,7 +257,24 @@ class Service:
             saved=self.last_good,
             find_module=self.store.get,
             sources_loaded=lambda: self.readiness().sources_loaded,
+            # One xDS port: values from Secrets go out only if it is TLS, or if told to.
+            config_secrets_allowed=settings.tls_cert is not None
+            or settings.allow_secrets_in_plaintext,
+            verification_keys=settings.verification_keys,
+            module_verified=lambda request, digest: self.index.pulled_by(digest, puller(request)),
+            staging=self.staging,
         )
+        if settings.verification_keys:
+            log.info(
+                "modules.signatures_required",
+                keys=[str(key) for key in settings.verification_keys],
+            )
+        if settings.allow_secrets_in_plaintext and settings.tls_cert is None:
+            log.warning(
+                "service.secrets_in_plaintext",
+                detail="pluginConfig values from Secrets are sent over plaintext xDS"
+                " (--allow-secrets-in-plaintext): anyone on the path can read them",
+            )
 
     def _build_admin(self) -> None:
         """The admin server and the gauges it reads when scraped."""
@@ -239,10 +309,17 @@ class Service:
                 metrics=self.metrics,
                 module_arrived=self.module_arrived,
                 index=self.index,
+                health=self.health.node_health,
+                rollouts=self.rollouts,
             ),
             tls=admin_tls(self.settings),
             debug_public=self.settings.debug_public,
             root_namespace=self.settings.root_namespace,
+            # The admin port proves namespaces by the xDS port's rules.
+            identity=IdentityPolicy(self.settings.trust_domains),
+            debug_identities=[
+                parse_identity_pattern(text) for text in sorted(self.settings.debug_identities)
+            ],
         )
 
     async def _first_push_deadline(self) -> None:
@@ -254,10 +331,17 @@ class Service:
         return self.kubernetes.state if self.kubernetes is not None else SourceState()
 
     def _plugin_reports(self) -> dict[ObjectKey, PluginReport]:
-        return plugin_reports(self.reconciler.status, self.xds.sessions, self.xds.snapshot)
+        return plugin_reports(
+            self.reconciler.status,
+            self.xds.sessions,
+            self.xds.snapshot,
+            self.staging.condition,
+            superseded=self.reconciler.superseded,
+        )
 
     async def _reconcile(self) -> None:
         await self.reconciler.reconcile()
+        self._warn_type_mismatches()
         # A fetch that failed lands no module: module downloads waiting for it look again.
         self.module_arrived.fire()
         if self.status_writer is not None:
@@ -265,6 +349,24 @@ class Service:
 
     def _template_state(self) -> TemplateState:
         return self.templates.state if self.templates is not None else TemplateState()
+
+    def _warn_type_mismatches(self) -> None:
+        """Log once per plugin and module when the module implements no callbacks of the
+        plugin's ``type`` (it is served all the same; /debug/plugins shows it too)."""
+        for key, status in self.reconciler.status.items():
+            outcome = status.outcome
+            if not isinstance(outcome, Ready) or not isinstance(outcome.module, Module):
+                continue
+            abi = outcome.module.abi
+            spec_type = status.plugin.spec.type
+            seen = (key, outcome.module.digest, spec_type)
+            if abi is None or seen in self._type_warned:
+                continue
+            self._type_warned.add(seen)
+            kind = "NETWORK" if spec_type == wasm_pb2.NETWORK else "HTTP"
+            warning = plugin_type_warning(kind, abi)
+            if warning:
+                log.warning("plugin.type_mismatch", plugin=str(key), detail=warning)
 
     def _fetched(self, module: Module) -> None:
         self.purger.wake()
@@ -309,6 +411,7 @@ class Service:
                     tasks.start(
                         "modules.repull", self.resolver.run_repull(settings.repull_interval)
                     )
+                tasks.start("rollout.timers", self.rollouts.run())
                 tasks.start("xds", self.xds.run(self.xds_started))
                 await stop.wait()
                 log.info("service.stopping")
@@ -319,8 +422,12 @@ class Service:
         finally:
             await self.http.aclose()
             await self.oci.aclose()
+            if self.preflight is not None:
+                self.preflight.close()
             await self.index.flush()
             await self.last_good.flush()
+            await self.staging.flush()
+            await self.rollouts.flush()
             if self.kube_client is not None:
                 await self.kube_client.aclose()
         log.info("service.stopped")

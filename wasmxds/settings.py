@@ -19,11 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from wasmxds.errors import SettingsError
+from wasmxds.api.dockerconfig import valid_helper_name
+from wasmxds.api.keys import VerificationKey, parse_verification_key
+from wasmxds.api.rollout import parse_steps
+from wasmxds.errors import KeyFormatError, SettingsError
 from wasmxds.flags import Group, Kind, Setting, markdown_table
 from wasmxds.log import LOG_FORMATS, LOG_LEVELS
+from wasmxds.modules.oci.credhelper import ANY_HELPER
 from wasmxds.modules.settings import FetcherSettings
-from wasmxds.xds.identity import valid_trust_domain
+from wasmxds.xds.identity import parse_identity_pattern, valid_trust_domain
 
 __all__ = [
     "GROUPS",
@@ -215,6 +219,32 @@ INSECURE_REGISTRIES: Setting[frozenset[str]] = Setting(
     doc="registries and module hosts reached over unverified TLS, or plain HTTP when they"
     " answer that way; `*` for all (repeatable)",
 )
+
+
+def _helper_name(flag: str, text: str, name: str) -> str | None:
+    if name == ANY_HELPER or valid_helper_name(name):
+        return None
+    return (
+        f"{flag} {text!r}: give the helper's name as in the docker config (ecr-login for"
+        " docker-credential-ecr-login): letters, digits, '.', '_' and '-', or '*' for any"
+    )
+
+
+CREDENTIAL_HELPERS: Setting[frozenset[str]] = Setting(
+    field="credential_helpers",
+    flag="--credential-helpers",
+    kind=Kind.REPEATED,
+    collect=_frozenset,
+    check=_helper_name,
+    metavar="NAME",
+    shown_default="none",
+    help="let the docker config of the user running wasmxds run docker-credential-NAME for the"
+    " registries its `credHelpers`/`credsStore` name; '*' for any (repeatable)",
+    doc="let the docker config of the user running wasmxds (`$DOCKER_CONFIG/config.json`)"
+    " run `docker-credential-NAME` for the registries its `credHelpers`/`credsStore` name,"
+    " as Docker does (e.g. `ecr-login`, `gcloud`, `acr-env`); `*` for any (repeatable)."
+    " Helpers named in an `imagePullSecret` never run",
+)
 REGISTRY_CA: Setting[Path | None] = Setting(
     field="registry_ca",
     flag="--registry-ca",
@@ -222,6 +252,43 @@ REGISTRY_CA: Setting[Path | None] = Setting(
     check=_is_file,
     metavar="FILE",
     help="trust these CA certificates (PEM) for registries and module hosts, besides the system's",
+)
+
+
+def _verification_key(text: str) -> VerificationKey:
+    try:
+        with open(text, encoding="ascii", errors="replace") as file:
+            pem = file.read(1 << 20)
+    except OSError as exc:
+        raise SettingsError(f"cannot read {text}: {exc.strerror or exc}") from None
+    try:
+        return parse_verification_key(pem, source=text)
+    except KeyFormatError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+VERIFICATION_KEYS: Setting[tuple[VerificationKey, ...]] = Setting(
+    field="verification_keys",
+    flag="--verification-key",
+    kind=Kind.REPEATED,
+    parse=_verification_key,
+    collect=lambda keys: tuple(dict.fromkeys(keys)),
+    metavar="FILE",
+    shown_default="none",
+    help="every OCI module must carry a cosign signature by one of these PEM public keys"
+    " (repeatable); other modules are refused",
+    doc="every OCI module must carry a cosign signature by one of these PEM public keys"
+    " (ECDSA P-256, RSA, Ed25519; repeatable), besides any `verificationKey` its plugin"
+    " names; http(s) and file modules cannot be signed and are refused",
+)
+MODULE_ACCESS_TTL: Setting[float] = Setting(
+    field="module_access_ttl",
+    flag="--module-access-ttl",
+    parse=parse_duration,
+    default="5m",
+    metavar="DUR",
+    help="how long a registry's answer is reused: that a plugin's credentials may use a module"
+    " cached for other credentials, and that a module's signature verified (0s: ask every time)",
 )
 MAX_MODULE_SIZE: Setting[int] = Setting(
     field="max_module_size",
@@ -231,6 +298,15 @@ MAX_MODULE_SIZE: Setting[int] = Setting(
     metavar="SIZE",
     help="refuse modules larger than this after unpacking",
     doc="larger modules fail clearly (never truncated)",
+)
+PREFLIGHT: Setting[str] = Setting(
+    field="preflight",
+    flag="--preflight",
+    choices=("on", "off"),
+    default="on",
+    help="check every fetched module before any proxy gets it: wasmtime validates it and its"
+    " imports and exports must fit the proxy-wasm ABI Envoy implements; a module that fails"
+    " is refused like a failed fetch (`module_incompatible`)",
 )
 INITIAL_FETCH_WAIT: Setting[float] = Setting(
     field="initial_fetch_wait",
@@ -329,7 +405,11 @@ MODULES = Group(
     (
         INSECURE_REGISTRIES,
         REGISTRY_CA,
+        CREDENTIAL_HELPERS,
+        VERIFICATION_KEYS,
+        MODULE_ACCESS_TTL,
         MAX_MODULE_SIZE,
+        PREFLIGHT,
         INITIAL_FETCH_WAIT,
         FETCH_RETRY_MAX,
         REPULL_INTERVAL,
@@ -426,6 +506,43 @@ DELIVERY = Group(
     (MODULE_DELIVERY, MODULE_BASE_URL, PROXY_CACHE_DIR, INLINE_MAX_SIZE, WASM_RUNTIME),
 )
 
+
+def _parse_steps(text: str) -> tuple[float, ...]:
+    try:
+        return parse_steps(text)
+    except ValueError as exc:
+        raise SettingsError(f"invalid rollout steps: {exc}") from exc
+
+
+ROLLOUT_STEPS: Setting[tuple[float, ...]] = Setting(
+    field="rollout_steps",
+    flag="--rollout-steps",
+    parse=_parse_steps,
+    default="100",
+    metavar="PCTS",
+    help="default steps of a plugin change's rollout, in percent of the proxies it applies to"
+    " (e.g. 5,25,100; the last is 100); 100 alone: no staging",
+    doc="default steps of a staged rollout, in percent of the proxies a plugin applies to"
+    " (e.g. `5,25,100`); a plugin's `rollout.wasmxds.io/steps` annotation overrides it;"
+    " `100` alone (the default) sends every change everywhere at once",
+)
+ROLLOUT_INTERVAL: Setting[float] = Setting(
+    field="rollout_interval",
+    flag="--rollout-interval",
+    parse=parse_duration,
+    default="60s",
+    metavar="DUR",
+    help="default time each rollout step bakes (ACKed and healthy) before the next",
+    doc="default time each rollout step bakes before the next (every proxy of the step"
+    " ACKed, health verdict healthy); `rollout.wasmxds.io/interval` overrides it",
+)
+ROLLOUT = Group(
+    "staged rollouts",
+    "How plugin changes reach the fleet: in steps, rolled back on a NACK or bad health"
+    " (docs/rollouts.md).",
+    (ROLLOUT_STEPS, ROLLOUT_INTERVAL),
+)
+
 XDS_ADDRESS: Setting[HostPort] = Setting(
     field="xds_address",
     flag="--xds-address",
@@ -499,8 +616,17 @@ TRUST_DOMAINS: Setting[frozenset[str]] = Setting(
     check=_trust_domain,
     metavar="NAME",
     shown_default="any (repeatable)",
-    help="with `--node-identity certificate`: accept only client certificates whose SPIFFE ID"
-    " is in this trust domain, e.g. `cluster.local` (repeatable)",
+    help="with `--node-identity certificate` or `--admin-client-ca`: accept only client"
+    " certificates whose SPIFFE ID is in this trust domain, e.g. `cluster.local`, on the xDS"
+    " and admin ports (repeatable)",
+)
+ALLOW_SECRETS_IN_PLAINTEXT: Setting[bool] = Setting(
+    field="allow_secrets_in_plaintext",
+    flag="--allow-secrets-in-plaintext",
+    kind=Kind.SWITCH,
+    help="send pluginConfig values from Secrets (annotation `secrets.wasmxds.io/plugin-config`)"
+    " over plaintext xDS too; without it, and without `--tls-cert`, a plugin that references"
+    " Secrets is refused (last good version without such values, else its stand-in)",
 )
 XDS = Group(
     "xDS server",
@@ -513,6 +639,7 @@ XDS = Group(
         CLIENT_CA,
         NODE_IDENTITY,
         TRUST_DOMAINS,
+        ALLOW_SECRETS_IN_PLAINTEXT,
     ),
 )
 
@@ -548,21 +675,49 @@ ADMIN_CLIENT_CA: Setting[Path | None] = Setting(
     parse=Path,
     check=_is_file,
     metavar="FILE",
-    help="admin mutual TLS: only clients with a certificate from this CA connect; a module is"
-    " served only to a client whose SPIFFE namespace a plugin using it applies to (needs"
-    " `--admin-tls-cert`)",
+    help="admin mutual TLS: a module is served only to a client certificate from this CA whose"
+    " SPIFFE ID (one URI SAN, a `--trust-domain`) names a namespace a plugin using it applies"
+    " to; health, readiness and metrics need no certificate (needs `--admin-tls-cert`)",
 )
 DEBUG_PUBLIC: Setting[bool] = Setting(
     field="debug_public",
     flag="--debug-public",
     kind=Kind.SWITCH,
     help="let anyone who reaches a non-loopback admin address read the `/debug/` pages (without"
-    " it they need `--admin-client-ca`; `/metrics`, `/healthz`, `/readyz` are always open)",
+    " it they need a client certificate that `--debug-identity` names; `/metrics`, `/healthz`,"
+    " `/readyz` are always open)",
+)
+
+
+def _debug_identity(flag: str, text: str, value: str) -> str | None:
+    try:
+        parse_identity_pattern(value)
+    except ValueError as exc:
+        return (
+            f"{flag} {text!r}: expected a SPIFFE ID spiffe://<trust-domain>/ns/<namespace>/sa/"
+            f"<account>, or spiffe://<trust-domain>/ns/<namespace>/* for every account of a"
+            f" namespace ({exc})"
+        )
+    return None
+
+
+DEBUG_IDENTITIES: Setting[frozenset[str]] = Setting(
+    field="debug_identities",
+    flag="--debug-identity",
+    kind=Kind.REPEATED,
+    collect=_frozenset,
+    check=_debug_identity,
+    metavar="ID",
+    shown_default="none (repeatable)",
+    help="with `--admin-client-ca`: a client certificate whose SPIFFE ID is this one (or"
+    " matches `spiffe://<trust-domain>/ns/<namespace>/*`) reads the `/debug/` pages on a"
+    " non-loopback admin address; other certificates from the CA only download modules"
+    " (repeatable)",
 )
 ADMIN = Group(
     "admin server",
     "Health, readiness, metrics, debug pages and module downloads.",
-    (ADMIN_ADDRESS, ADMIN_TLS_CERT, ADMIN_TLS_KEY, ADMIN_CLIENT_CA, DEBUG_PUBLIC),
+    (ADMIN_ADDRESS, ADMIN_TLS_CERT, ADMIN_TLS_KEY, ADMIN_CLIENT_CA, DEBUG_PUBLIC, DEBUG_IDENTITIES),
 )
 
 KUBERNETES: Setting[bool] = Setting(
@@ -620,7 +775,18 @@ LOG_FORMAT: Setting[str] = Setting(
 )
 LOGGING = Group("logging", "Logs go to stderr.", (LOG_LEVEL, LOG_FORMAT))
 
-GROUPS = (SOURCES, DEBOUNCE, MODULES, CACHE, DELIVERY, XDS, ADMIN, KUBERNETES_GROUP, LOGGING)
+GROUPS = (
+    SOURCES,
+    DEBOUNCE,
+    MODULES,
+    CACHE,
+    DELIVERY,
+    ROLLOUT,
+    XDS,
+    ADMIN,
+    KUBERNETES_GROUP,
+    LOGGING,
+)
 """Every ``wasmxds serve`` setting, once."""
 
 
@@ -636,6 +802,7 @@ class ServeSettings:
     admin_tls_key: Path | None = ADMIN_TLS_KEY.value_default
     admin_client_ca: Path | None = ADMIN_CLIENT_CA.value_default
     debug_public: bool = DEBUG_PUBLIC.value_default
+    debug_identities: frozenset[str] = DEBUG_IDENTITIES.value_default
     # The environment decides the cache directory, so it is read per instance.
     cache_dir: Path = field(default_factory=lambda: CACHE_DIR.value_default)
     proxy_cache_dir: Path | None = PROXY_CACHE_DIR.value_default
@@ -647,9 +814,13 @@ class ServeSettings:
     module_base_url: str | None = MODULE_BASE_URL.value_default
     inline_max_size: int = INLINE_MAX_SIZE.value_default
     max_module_size: int = MAX_MODULE_SIZE.value_default
+    preflight: str = PREFLIGHT.value_default
     initial_fetch_wait: float = INITIAL_FETCH_WAIT.value_default
     fetch_retry_max: float = FETCH_RETRY_MAX.value_default
     registry_ca: Path | None = REGISTRY_CA.value_default
+    credential_helpers: frozenset[str] = CREDENTIAL_HELPERS.value_default
+    verification_keys: tuple[VerificationKey, ...] = VERIFICATION_KEYS.value_default
+    module_access_ttl: float = MODULE_ACCESS_TTL.value_default
     repull_interval: float | None = REPULL_INTERVAL.value_default
     module_expiry: float = MODULE_EXPIRY.value_default
     cache_max_bytes: int | None = CACHE_MAX_BYTES.value_default
@@ -660,6 +831,8 @@ class ServeSettings:
     fetch_min_rate: float = FETCH_MIN_RATE.value_default
     fetch_rate_window: float = FETCH_RATE_WINDOW.value_default
     wasm_runtime: str = WASM_RUNTIME.value_default
+    rollout_steps: tuple[float, ...] = ROLLOUT_STEPS.value_default
+    rollout_interval: float = ROLLOUT_INTERVAL.value_default
     max_resource_names: int = MAX_RESOURCE_NAMES.value_default
     listener_dirs: tuple[Path, ...] = LISTENER_DIRS.value_default
     tls_cert: Path | None = TLS_CERT.value_default
@@ -668,6 +841,7 @@ class ServeSettings:
     node_identity: str | None = NODE_IDENTITY.value_default
     """None: the default for the TLS settings (see :attr:`identity_from_certificate`)."""
     trust_domains: frozenset[str] = TRUST_DOMAINS.value_default
+    allow_secrets_in_plaintext: bool = ALLOW_SECRETS_IN_PLAINTEXT.value_default
     kubernetes: bool = KUBERNETES.value_default
     kubeconfig: Path | None = KUBECONFIG.value_default
     namespaces: tuple[str, ...] = NAMESPACES.value_default
@@ -693,6 +867,7 @@ def fetcher_settings(settings: ServeSettings) -> FetcherSettings:
         max_size=settings.max_module_size,
         insecure_hosts=settings.insecure_registries,
         ca_file=settings.registry_ca,
+        credential_helpers=settings.credential_helpers,
         connect_timeout=settings.fetch_connect_timeout,
         read_timeout=settings.fetch_idle_timeout,
         min_rate=settings.fetch_min_rate,

@@ -24,8 +24,16 @@ class WasmxdsProcess:
         self.proc = proc
         self.events: list[dict[str, Any]] = []
         self.raw: list[str] = []
+        # Whatever it prints to stdout (nothing, normally): read so the pipe never fills.
+        self.stdout: list[str] = []
         self._new_event = asyncio.Condition()
         self._reader = asyncio.create_task(self._read_log())
+        self._stdout_reader = asyncio.create_task(self._read_stdout())
+
+    async def _read_stdout(self) -> None:
+        if self.proc.stdout is not None:
+            async for line in self.proc.stdout:
+                self.stdout.append(line.decode(errors="replace").rstrip())
 
     async def _read_log(self) -> None:
         assert self.proc.stderr is not None
@@ -84,7 +92,7 @@ class WasmxdsProcess:
                 await self.proc.wait()
         # wait() rather than await: a cancelled reader must not swallow the
         # cancellation of the task that is stopping us (it would hang teardown).
-        await asyncio.wait([self._reader])
+        await asyncio.wait([self._reader, self._stdout_reader])
         return self.proc.returncode or 0
 
 
@@ -117,7 +125,7 @@ async def running_wasmxds(
         *args,
         cwd=REPO,
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

@@ -14,6 +14,7 @@ import pytest
 import structlog
 import structlog.testing
 
+import wasmxds.admin.downloads as downloads
 import wasmxds.admin.server as admin_server
 from tests.factories import WASM_HEADER, make_plugin
 from tests.xds.helpers import snapshot_of
@@ -101,17 +102,49 @@ async def test_module_download_waits_for_a_fetch_under_way(tmp_path):
         request = asyncio.create_task(client.get(f"{base}/modules/sha256/{WANTED}"))
         await asyncio.sleep(0.1)
         assert not request.done()
-        await store.put(WASM_HEADER)
-        pulse.fire()
+        await land(store, pulse, plugins, sha256=WANTED)
         response = await request
         assert response.status_code == 200
+
+
+async def land(
+    store: ModuleStore,
+    pulse: Pulse,
+    plugins: dict[ObjectKey, PluginStatus],
+    *,
+    sha256: str = "",
+    url: str = "",
+) -> None:
+    """What a fetch that lands does: the module is stored, the resolver (on the next
+    reconcile) says the plugin is ready, and the reconcile's pulse wakes waiters."""
+    module = await store.put(WASM_HEADER)
+    pulse.fire()  # the fetcher's own pulse: the plugin is not ready yet
+    await asyncio.sleep(0.05)
+    plugins[ObjectKey("default", "a")] = status("a", Ready(module), sha256=sha256, url=url)
+    pulse.fire()
+
+
+async def test_a_cached_module_is_not_served_to_a_plugin_still_waiting_for_its_check(
+    tmp_path,
+):
+    """A pending plugin naming a digest that is cached already (its access or signature
+    check is under way) does not open that module to its namespace's downloads."""
+    plugins = {ObjectKey("default", "a"): status("a", Pending(), sha256=WANTED)}
+    async with (
+        admin(tmp_path, plugins=plugins) as (base, store, pulse),
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        await store.put(WASM_HEADER)
+        pulse.fire()
+        response = await client.get(f"{base}/modules/sha256/{WANTED}")
+        assert response.status_code == 404
 
 
 async def test_a_stop_does_not_wait_for_module_downloads_still_waiting(
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ):
     """Stopping the admin server closes a download still waiting for its fetch (1 s grace)."""
-    monkeypatch.setattr(admin_server, "_MODULE_WAIT", LONG_WAIT)
+    monkeypatch.setattr(downloads, "_MODULE_WAIT", LONG_WAIT)
     plugins = {ObjectKey("default", "a"): status("a", Pending(), sha256=WANTED)}
     store, pulse = ModuleStore(tmp_path), Pulse()
     state = AdminState(
@@ -178,7 +211,7 @@ async def test_digest_no_fetch_under_way_can_produce_is_a_404_at_once(
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ):
     """Ready, failed, other-digest and file:// plugins cannot store a digest: 404, no wait."""
-    monkeypatch.setattr(admin_server, "_MODULE_WAIT", LONG_WAIT)
+    monkeypatch.setattr(downloads, "_MODULE_WAIT", LONG_WAIT)
     module = Module("ab" * 32, tmp_path / "x.wasm", 8)
     plugins = {
         ObjectKey("default", "ready"): status("ready", Ready(module)),
@@ -198,7 +231,7 @@ async def test_digest_no_fetch_under_way_can_produce_is_a_404_at_once(
 
 async def test_module_wait_ends_when_the_fetch_fails(tmp_path, monkeypatch: pytest.MonkeyPatch):
     """A waiter lets go with a 404 once the fetch it waits for has failed (no module lands)."""
-    monkeypatch.setattr(admin_server, "_MODULE_WAIT", LONG_WAIT)
+    monkeypatch.setattr(downloads, "_MODULE_WAIT", LONG_WAIT)
     key = ObjectKey("default", "a")
     plugins = {key: status("a", Pending(), sha256=WANTED)}
     async with (
@@ -226,13 +259,17 @@ async def test_digest_an_oci_fetch_is_known_to_bring_waits_and_others_are_a_404_
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ):
     """A pinned OCI manifest seen before names its module: that digest waits, any other is 404."""
-    monkeypatch.setattr(admin_server, "_MODULE_WAIT", LONG_WAIT)
-    monkeypatch.setattr(admin_server, "_UNKNOWN_WAIT", LONG_WAIT)
+    monkeypatch.setattr(downloads, "_MODULE_WAIT", LONG_WAIT)
+    monkeypatch.setattr(downloads, "_UNKNOWN_WAIT", LONG_WAIT)
     manifest = "cd" * 32
     index = ModuleIndex()
     index.record_manifest(manifest, WANTED, len(WASM_HEADER))
     async with (
-        admin(tmp_path, plugins=oci_pending(sha256=manifest), index=index) as (base, store, pulse),
+        admin(tmp_path, plugins=(plugins := oci_pending(sha256=manifest)), index=index) as (
+            base,
+            store,
+            pulse,
+        ),
         httpx.AsyncClient(timeout=10) as client,
     ):
         started = time.perf_counter()
@@ -243,8 +280,7 @@ async def test_digest_an_oci_fetch_is_known_to_bring_waits_and_others_are_a_404_
         request = asyncio.create_task(client.get(f"{base}/modules/sha256/{WANTED}"))
         await asyncio.sleep(0.1)
         assert not request.done()
-        await store.put(WASM_HEADER)
-        pulse.fire()
+        await land(store, pulse, plugins, sha256=manifest, url=OCI_TAG)
         response = await request
         assert response.status_code == 200
         assert response.content == WASM_HEADER
@@ -254,8 +290,8 @@ async def test_digest_an_oci_tag_resolved_to_before_waits_past_the_waiter_cap(
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ):
     """What a tag last resolved to is known to be coming: it waits even when the cap is full."""
-    monkeypatch.setattr(admin_server, "_MODULE_WAIT", LONG_WAIT)
-    monkeypatch.setattr(admin_server, "_UNKNOWN_WAITERS", 0)
+    monkeypatch.setattr(downloads, "_MODULE_WAIT", LONG_WAIT)
+    monkeypatch.setattr(downloads, "_UNKNOWN_WAITERS", 0)
     index = ModuleIndex()
     plugins = oci_pending()
     request = plugins[ObjectKey("default", "a")].request
@@ -268,8 +304,7 @@ async def test_digest_an_oci_tag_resolved_to_before_waits_past_the_waiter_cap(
         waiting = asyncio.create_task(client.get(f"{base}/modules/sha256/{WANTED}"))
         await asyncio.sleep(0.1)
         assert not waiting.done()
-        await store.put(WASM_HEADER)
-        pulse.fire()
+        await land(store, pulse, plugins, url=OCI_TAG)
         assert (await waiting).content == WASM_HEADER
 
 
@@ -277,8 +312,8 @@ async def test_unknown_digests_wait_briefly_and_only_up_to_the_cap(
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ):
     """While an OCI pull of unknown result is under way, only _UNKNOWN_WAITERS requests wait."""
-    monkeypatch.setattr(admin_server, "_UNKNOWN_WAIT", LONG_WAIT)
-    monkeypatch.setattr(admin_server, "_UNKNOWN_WAITERS", 3)
+    monkeypatch.setattr(downloads, "_UNKNOWN_WAIT", LONG_WAIT)
+    monkeypatch.setattr(downloads, "_UNKNOWN_WAITERS", 3)
     plugins = oci_pending()
     digests = [f"{n:064x}" for n in range(1, 5)]
     async with (
@@ -325,7 +360,7 @@ async def test_unknown_digest_during_an_oci_pull_is_a_404_after_the_short_wait(t
             f"unknown digest during a pending OCI pull: {response.status_code} in {elapsed:.2f} s"
         )
         assert response.status_code == 404
-        assert elapsed < admin_server._MODULE_WAIT  # the old hold was the full 20 s
+        assert elapsed < downloads._MODULE_WAIT  # the old hold was the full 20 s
 
 
 def bad_request_lines(text: str) -> list[str]:
@@ -420,7 +455,7 @@ async def test_malformed_digest_is_a_404_at_once(
     tmp_path, monkeypatch: pytest.MonkeyPatch, digest: str
 ):
     """Anything but 64 lowercase hex is a 404 saying so, even while any digest could arrive."""
-    monkeypatch.setattr(admin_server, "_MODULE_WAIT", LONG_WAIT)
+    monkeypatch.setattr(downloads, "_MODULE_WAIT", LONG_WAIT)
     plugins = {ObjectKey("default", "a"): status("a", Pending())}
     async with (
         admin(tmp_path, plugins=plugins) as (base, _, _),

@@ -182,7 +182,7 @@ class TestDocuments:
         [
             pytest.param("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", id="other-kind"),
             pytest.param(
-                "apiVersion: extensions.istio.io/v1alpha1\nkind: TrafficExtension\nspec: {}\n",
+                "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nspec: {}\n",
                 id="sibling-kind",
             ),
             pytest.param("- a\n- b\n", id="list-document"),

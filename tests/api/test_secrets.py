@@ -147,6 +147,6 @@ def test_docker_config_fields() -> None:
     assert config.lookup("c.io").registry_token == "bearer"  # type: ignore[union-attr]
     assert config.lookup("d.io").username == "x"  # type: ignore[union-attr]
     assert config.lookup("e.io") is None
-    assert config.uses_helper("f.io")
+    assert config.helper_for("f.io") == "ecr-login"
     with pytest.raises(DockerConfigError, match=r"auths\['x'\]\.auth"):
         parse_docker_config('{"auths": {"x": {"auth": "bm9jb2xvbg=="}}}')

@@ -78,3 +78,63 @@ def test_other_documents_are_errors():
     assert [p.message for p in parsed.problems] == [
         "expected a ListenerTemplate or ClusterTemplate (wasmxds.io/v1alpha1)"
     ]
+
+
+ANCHORED = LISTENER.replace(
+    "  listener:\n",
+    "  anchors:\n    authn: [envoy.filters.http.jwt_authn]\n"
+    "    stats: [envoy.filters.network.http_connection_manager]\n  listener:\n",
+    1,
+)
+
+
+def test_anchors_mark_filters_by_name():
+    """spec.anchors maps HTTP and network filter names to their roles."""
+    parsed = parse_templates(ANCHORED.encode(), "t.yaml")
+    assert parsed.problems == ()
+    assert parsed.listeners[0].anchors == {
+        "envoy.filters.http.jwt_authn": "authn",
+        "envoy.filters.network.http_connection_manager": "stats",
+    }
+
+
+@pytest.mark.parametrize(
+    ("edit", "line", "fragment"),
+    [
+        pytest.param(
+            ("authn: [envoy.filters.http.jwt_authn]", "authn: [envoy.filters.http.jwt_auth]"),
+            11,
+            "'envoy.filters.http.jwt_auth' is not the name of a filter in spec.listener"
+            " (anchors mark the template's own filters by name); did you mean"
+            ' "envoy.filters.http.jwt_authn"?',
+            id="unknown-filter",
+        ),
+        pytest.param(
+            (
+                "stats: [envoy.filters.network.http_connection_manager]",
+                "authz: [envoy.filters.http.jwt_authn]",
+            ),
+            12,
+            "'envoy.filters.http.jwt_authn' is already marked authn",
+            id="two-roles",
+        ),
+        pytest.param(
+            ("    authn:", "    authenticate:"), 11, "spec.anchors.authenticate", id="role"
+        ),
+        pytest.param(
+            ("authn: [envoy.filters.http.jwt_authn]", "authn: envoy.filters.http.jwt_authn"),
+            11,
+            "expected a list of filter names",
+            id="not-a-list",
+        ),
+    ],
+)
+def test_anchor_mistakes_name_the_entry_and_line(edit, line, fragment):
+    """A mark that names no filter, a second role, or a bad role is refused at its line."""
+    old, new = edit
+    assert old in ANCHORED
+    parsed = parse_templates(ANCHORED.replace(old, new, 1).encode(), "t.yaml")
+    errors = [p for p in parsed.problems if p.is_error]
+    assert [e.line for e in errors] == [line], errors
+    assert fragment in errors[0].message
+    assert parsed.listeners == ()

@@ -6,6 +6,8 @@ import math
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from wasmxds.api.convert import LineTable, convert
 from wasmxds.api.gourl import GoURLError, parse, parse_request_uri, strict_parse_url
@@ -33,6 +35,19 @@ def check(spec: dict[str, Any], *, ignore: tuple[str, ...] = ("target-ref-ignore
     return [
         f"{issue.rule} {issue.severity}: {issue}" for issue in issues if issue.rule not in ignore
     ]
+
+
+_KEY = ec.generate_private_key(ec.SECP256R1())
+PUBLIC_PEM = (
+    _KEY.public_key()
+    .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    .decode()
+)
+PRIVATE_PEM = _KEY.private_bytes(
+    serialization.Encoding.PEM,
+    serialization.PrivateFormat.PKCS8,
+    serialization.NoEncryption(),
+).decode()
 
 
 def with_url(**fields: Any) -> dict[str, Any]:
@@ -330,6 +345,43 @@ FAILING: list[Any] = [
         id="image-pull-secret-name",
     ),
     pytest.param(
+        with_url(imagePullSecret="kubernetes://team/My_Secret"),
+        [
+            "image-pull-secret-name error: spec.imagePullSecret: not a valid Secret name"
+            " 'My_Secret', so no such Secret can exist: must consist of lower case alphanumeric"
+            " characters, '-' or '.', and must start and end with an alphanumeric character"
+            " (e.g. 'example.com')"
+        ],
+        id="image-pull-secret-name-in-form",
+    ),
+    pytest.param(
+        with_url(imagePullSecret="configmap://team/regcred"),
+        [
+            "image-pull-secret-name error: spec.imagePullSecret: names no Secret: configmap://"
+            " names no Secret istiod reads pull credentials from; name a Secret in the plugin's"
+            " namespace (`name` or `kubernetes://name`)"
+        ],
+        id="image-pull-secret-name-configmap",
+    ),
+    pytest.param(
+        with_url(imagePullSecret="kubernetes://team/"),
+        [
+            "image-pull-secret-name error: spec.imagePullSecret: names no Secret: istiod reads"
+            " it as `namespace/name` (after an optional `kubernetes://`) and finds no name, so"
+            " the pull would fail for a missing secret"
+        ],
+        id="image-pull-secret-name-empty",
+    ),
+    pytest.param(
+        with_url(imagePullSecret="builtin://"),
+        [
+            "image-pull-secret-name warning: spec.imagePullSecret: names no Secret"
+            " (builtin://): Istio pulls this module as if imagePullSecret were unset, and so"
+            " does wasmxds"
+        ],
+        id="image-pull-secret-name-builtin",
+    ),
+    pytest.param(
         with_url(pluginName=""),
         ["plugin-name-length error: spec.pluginName: must be 1 to 256 characters long (got 0)"],
         id="plugin-name-length-empty",
@@ -342,10 +394,28 @@ FAILING: list[Any] = [
     pytest.param(
         with_url(verificationKey="-----BEGIN PUBLIC KEY-----"),
         [
-            "verification-key warning: spec.verificationKey: is not implemented (Istio ignores it"
-            " too); the module's signature is not verified"
+            "verification-key error: spec.verificationKey: no PEM block found; expected one"
+            " '-----BEGIN PUBLIC KEY-----' block"
         ],
         id="verification-key",
+    ),
+    pytest.param(
+        with_url(verificationKey=PRIVATE_PEM),
+        [
+            "verification-key error: spec.verificationKey: this is a private key; give the"
+            " public key instead (`cosign public-key --key cosign.key`, or `openssl pkey"
+            " -pubout -in KEY`), and keep the private key secret"
+        ],
+        id="verification-key-private",
+    ),
+    pytest.param(
+        {"url": "https://example.com/f.wasm", "verificationKey": PUBLIC_PEM},
+        [
+            "verification-key error: spec.verificationKey: needs an oci:// module: signatures"
+            " are looked up in the registry, and a https:// module cannot be verified, so it"
+            " would never be served"
+        ],
+        id="verification-key-not-oci",
     ),
     pytest.param(
         env(*({"name": f"V{i}"} for i in range(257))),
@@ -445,6 +515,7 @@ FAILING: list[Any] = [
 
 PASSING: list[Any] = [
     pytest.param({"url": URL}, id="minimal"),
+    pytest.param(with_url(verificationKey=PUBLIC_PEM), id="verification-key"),
     pytest.param({"url": "ghcr.io/acme/filter:v1"}, id="no-scheme-means-oci"),
     pytest.param({"url": "localhost/filter:v1"}, id="no-scheme-host-without-port"),
     pytest.param({"url": "https://example.com/f.wasm?x=1#frag"}, id="https"),
@@ -474,6 +545,10 @@ PASSING: list[Any] = [
         id="same-port-in-two-selectors",
     ),
     pytest.param(with_url(imagePullSecret="pull-secret.v1", pluginName="root"), id="pull-secret"),
+    pytest.param(with_url(imagePullSecret="team/regcred"), id="pull-secret-ns"),
+    pytest.param(with_url(imagePullSecret="other/regcred"), id="pull-secret-other-ns"),
+    pytest.param(with_url(imagePullSecret="kubernetes://regcred"), id="pull-secret-scheme"),
+    pytest.param(with_url(imagePullSecret="kubernetes://team/regcred"), id="pull-secret-scheme-ns"),
     pytest.param(with_url(targetRefs=[{**GATEWAY, "namespace": ""}]), id="empty-namespace-ok"),
     pytest.param(
         with_url(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import stat
 from pathlib import Path
 
 import structlog
 
-from wasmxds.modules.index import ModuleIndex
+from wasmxds.modules.index import ModuleIndex, ref_key
 
 A, B, M = "a" * 64, "b" * 64, "c" * 64
 SIGNED = "https://bucket.example/m.wasm?X-Amz-Signature=topsecret"
@@ -90,3 +91,62 @@ def test_forget_drops_everything_pointing_at_a_module() -> None:
     assert index.ref("oci://r/f:v1", "") is None
     assert index.manifest_module(M) is None
     assert index.last_used(A) is None
+
+
+async def test_pulls_and_requirements_round_trip(tmp_path: Path) -> None:
+    """Who pulled a module (names only) is kept; a requirement separates refs; forget drops it."""
+    path = tmp_path / "index.json"
+    index = ModuleIndex(path)
+    index.record("oci://r/f:v1", "", A, 10, secret="team-a/regcred", puller="secret:team-a/x\n")
+    index.record("oci://r/f:v1", "", B, 10, requirement="f1|f2", puller="server\nf1|f2")
+    index.record_manifest(M, A, 10)
+    await index.flush()
+    loaded = ModuleIndex.load(path)
+    assert loaded.pulled_by(A, "secret:team-a/x\n")
+    assert not loaded.pulled_by(A, "server\n")
+    assert loaded.pulled_by(B, "server\nf1|f2")
+    ref = loaded.ref("oci://r/f:v1", "", "team-a/regcred")
+    assert ref is not None
+    assert ref.digest == A
+    signed = loaded.ref("oci://r/f:v1", "", requirement="f1|f2")
+    assert signed is not None
+    assert signed.digest == B
+    assert loaded.ref("oci://r/f:v1", "") is None
+    assert loaded.manifests_of(A, "r/f") == ()  # recorded without a repository
+    loaded.forget(A)
+    assert not loaded.pulled_by(A, "secret:team-a/x\n")
+
+
+def test_refs_without_requirement_keep_their_old_keys() -> None:
+    """Indexes written before signatures existed still resolve: "" adds nothing to the key."""
+    assert (
+        ref_key("oci://r/f:v1", "", "ns/s", "")
+        == hashlib.sha256(b"oci://r/f:v1\n\nns/s").hexdigest()
+    )
+
+
+async def test_repositories_a_manifest_was_pulled_from_round_trip(tmp_path: Path) -> None:
+    """Where each manifest was pulled from is kept; old entries without it load as nowhere."""
+    path = tmp_path / "index.json"
+    index = ModuleIndex(path)
+    index.record_manifest(M, A, 10, "wasm-artifact", source="r:5000/team-a/f")
+    index.record_manifest(M, A, 10, "wasm-artifact", source="mirror/f")
+    index.record_manifest(B, A, 10, "wasm-artifact")
+    await index.flush()
+    loaded = ModuleIndex.load(path)
+    assert loaded.pulled_from(M, "r:5000/team-a/f")
+    assert loaded.pulled_from(M, "mirror/f")
+    assert not loaded.pulled_from(M, "evil/f")
+    assert not loaded.pulled_from(B, "r:5000/team-a/f")
+    assert loaded.manifests_of(A, "mirror/f") == (M,)
+    assert loaded.manifests_of(A, "evil/f") == ()
+    loaded.forget(A)
+    assert not loaded.pulled_from(M, "mirror/f")
+    # An index written before repositories were recorded.
+    document = json.loads(path.read_text())
+    for entry in document["manifests"].values():
+        entry.pop("pulled_from", None)
+    path.write_text(json.dumps(document))
+    old = ModuleIndex.load(path)
+    assert old.manifest_module(M) == A
+    assert not old.pulled_from(M, "r:5000/team-a/f")

@@ -113,17 +113,38 @@ def test_file_urls_pass_through(make_resolver: MakeResolver) -> None:
 
 
 async def test_known_sha256_is_a_hit_without_fetching(
-    make_resolver: MakeResolver, store: ModuleStore, server: ModuleServer
+    make_resolver: MakeResolver, server: ModuleServer, changes: Signal
 ) -> None:
-    """A sha256 already in the store is Ready at once, whatever the pull policy."""
-    stored = await store.put(WASM)
+    """A sha256 this URL was fetched as is Ready at once, whatever the pull policy."""
+    url = server.serve("/m.wasm")
     resolver = make_resolver()
+    first = ModuleRequest(url=url, sha256=digest(WASM))
+    async with running(resolver):
+        resolver.resolve(first)
+        await changes.wait_for(outcome_is(resolver, first, Ready))
+    stored = ready_module(resolver.outcome(first))
     for policy in PullPolicy:
         request = ModuleRequest(
-            url=server.url("/m.wasm"), sha256=digest(WASM).upper(), pull_policy=policy
+            url=url, sha256=digest(WASM).upper(), pull_policy=policy, generation="g2"
         )
         assert resolver.resolve(request) == Ready(stored)
-    assert server.hits.total() == 0
+    assert server.hits["/m.wasm"] == 1
+
+
+async def test_known_sha256_is_not_lent_to_another_url(
+    make_resolver: MakeResolver, store: ModuleStore, server: ModuleServer, changes: Signal
+) -> None:
+    """A cached sha256 named by another http(s) URL is fetched from that URL, not borrowed."""
+    await store.put(WASM)  # cached for someone else (a private OCI module, say)
+    request = ModuleRequest(url=server.serve("/other.wasm", OTHER), sha256=digest(WASM))
+    resolver = make_resolver()
+    async with running(resolver):
+        assert isinstance(resolver.resolve(request), Pending)
+        await changes.wait_for(outcome_is(resolver, request, Failed))
+    failed = resolver.outcome(request)
+    assert isinstance(failed, Failed)
+    assert isinstance(failed.error, ChecksumMismatchError)
+    assert server.hits["/other.wasm"] == 1
 
 
 @pytest.mark.parametrize(

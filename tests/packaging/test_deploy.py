@@ -93,16 +93,25 @@ def test_kustomizations_render_every_manifest(tmp_path: Path):
 
 
 def test_rbac_is_least_privilege():
-    """wasmxds may list/watch WasmPlugins and read Secrets; only the optional role patches."""
+    """wasmxds may list/watch WasmPlugins and TrafficExtensions and read Secrets; only the
+    optional role patches (their status)."""
     reader = find("ClusterRole", "wasmxds")
     istio = ["extensions.istio.io"]
     assert reader["rules"] == [
-        {"apiGroups": istio, "resources": ["wasmplugins"], "verbs": ["list", "watch"]},
+        {
+            "apiGroups": istio,
+            "resources": ["wasmplugins", "trafficextensions"],
+            "verbs": ["list", "watch"],
+        },
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
     ]
     status = find("ClusterRole", "wasmxds-status")
     assert status["rules"] == [
-        {"apiGroups": istio, "resources": ["wasmplugins/status"], "verbs": ["patch"]}
+        {
+            "apiGroups": istio,
+            "resources": ["wasmplugins/status", "trafficextensions/status"],
+            "verbs": ["patch"],
+        }
     ]
     account = find("ServiceAccount", "wasmxds")["metadata"]
     for name in ("wasmxds", "wasmxds-status"):

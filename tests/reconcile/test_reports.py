@@ -6,7 +6,7 @@ from typing import Any
 
 from tests.factories import make_node, make_plugin
 from tests.xds.helpers import maybe_response, request, snapshot_of
-from wasmxds.errors import FetchError
+from wasmxds.errors import FetchError, SignatureInvalidError
 from wasmxds.modules.types import Failed, LocalFile, ModuleRequest, Pending, Ready
 from wasmxds.reconcile import PluginStatus
 from wasmxds.reconcile.kubestatus import ModuleReadiness
@@ -58,6 +58,7 @@ def test_states_and_counts():
         ModuleReadiness.UNAVAILABLE,
         1,
     )
+    assert reports[failed.key].reason == "fetch_failed"
     assert "HTTP 404" in reports[failed.key].error
     assert (reports[pending.key].state, reports[pending.key].proxies) == (
         ModuleReadiness.PENDING,
@@ -72,3 +73,13 @@ def test_stale_module_is_noted():
     [report] = plugin_reports({plugin.key: status(plugin, outcome)}, [], snapshot_of()).values()
     assert report.state is ModuleReadiness.FETCHED
     assert "registry down" in report.error
+
+
+def test_refusal_reason_reaches_the_report():
+    """A signature refusal carries its reason, so status can say SignatureInvalid."""
+    plugin = make_plugin("signed")
+    failure = Failed(SignatureInvalidError("not signed", url="oci://r/p:v1"), 1, 5.0)
+    snapshot = snapshot_of(plugin, failed={"default.signed": failure})
+    reports = plugin_reports({plugin.key: status(plugin, failure)}, [], snapshot)
+    assert reports[plugin.key].reason == "signature_invalid"
+    assert reports[plugin.key].error == "oci://r/p:v1: not signed"

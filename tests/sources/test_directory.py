@@ -96,6 +96,21 @@ async def test_initial_load_is_recursive_and_skips_hidden_and_temp_files(tmp_pat
         assert watched.changes == 1
 
 
+async def test_files_written_into_hidden_directories_later_stay_unread(tmp_path: Path) -> None:
+    """A file written into a hidden directory after the scan (a git checkout) is not loaded."""
+    (tmp_path / "a.yaml").write_text(plugin("a"))
+    (tmp_path / ".git").mkdir()
+    async with watching(tmp_path) as watched:
+        (tmp_path / ".git" / "c.yaml").write_text(plugin("in-git"))
+        staged = tmp_path / ".staging"
+        staged.mkdir()
+        (staged / "d.yaml").write_text(plugin("in-staging"))
+        (tmp_path / "b.yaml").write_text(plugin("b"))
+        state = await watched.until(lambda s: ObjectKey("default", "b") in s.plugins)
+        await asyncio.sleep(0.3)  # the hidden files' events came before b.yaml's
+        assert {key.name for key in state.plugins} == {"a", "b"}
+
+
 async def test_edit_is_applied(tmp_path: Path) -> None:
     """Rewriting a file updates its plugin."""
     path = tmp_path / "a.yaml"

@@ -68,3 +68,34 @@ async def test_same_secret_in_two_files_keeps_the_first(tmp_path: Path) -> None:
         state = watched.source.state
         assert password_of(state) == "first"
         assert any("Secret default/regcred is already defined" in p.message for p in state.problems)
+
+
+def opaque(value: str) -> str:
+    encoded = base64.b64encode(value.encode()).decode()
+    return (
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: api-keys\n"
+        f"data:\n  primary: {encoded}\n  both: {encoded}\nstringData:\n  both: plain-{value}\n"
+    )
+
+
+async def test_opaque_secrets_load_change_and_go(tmp_path: Path) -> None:
+    """An Opaque Secret beside the plugins is loaded (stringData over data), follows edits,
+    keeps its last good version when broken, and goes with its file."""
+    key = ObjectKey("default", "api-keys")
+    path = tmp_path / "keys.yaml"
+    path.write_text(opaque("one"))
+    async with watching(tmp_path) as watched:
+        found = watched.source.state.config_secrets[key]
+        assert dict(found.data) == {"primary": b"one", "both": b"plain-one"}
+        path.write_text(opaque("two"))
+        await watched.until(lambda s: s.config_secrets[key].data["primary"] == b"two")
+        path.write_text(opaque("two").replace("primary: ", "primary: x$"))
+        state = await watched.until(
+            lambda s: any(
+                "keeping the last valid version of Secret" in p.message for p in s.problems
+            )
+        )
+        assert state.config_secrets[key].data["primary"] == b"two"
+        assert "two" not in " ".join(p.message for p in state.problems)
+        path.unlink()
+        await watched.until(lambda s: key not in s.config_secrets)

@@ -333,6 +333,23 @@ async def test_secret_named_later_is_watched(fake, tmp_path):
         await running.until(lambda s: ObjectKey("team-a", "creds") in s.secrets)
 
 
+async def test_istio_secret_forms_follow_the_plugin_namespace_secret(fake, tmp_path):
+    """`kubernetes://team-b/creds` in team-a follows team-a's creds, never team-b's."""
+    fake.apply(pull_secret("creds", "team-a"))
+    fake.apply(pull_secret("creds", "team-b"))
+    spec = {
+        "url": "oci://registry.example/filter:v1",
+        "imagePullSecret": "kubernetes://team-b/creds",
+    }
+    fake.apply(wasmplugin("p", "team-a", spec=spec))
+    async with running_source(fake, tmp_path) as running:
+        state = await running.until(lambda s: bool(s.secrets))
+        assert list(state.secrets) == [ObjectKey("team-a", "creds")]
+        assert [r.path for r in fake.list_requests("secrets")] == [
+            "/api/v1/namespaces/team-a/secrets"
+        ]
+
+
 async def test_status_only_change_is_not_a_change(fake, tmp_path):
     """A status write (ours or anyone's) updates resourceVersion but triggers no push."""
     fake.apply(plugin("one"))

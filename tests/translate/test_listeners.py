@@ -103,7 +103,7 @@ FULL = http_template(("jwt", JWT), ("rbac", RBAC), ("stats", STATS), ("router", 
 
 
 def test_phases_wrap_the_templates_own_filters():
-    """AUTHN before jwt_authn, AUTHZ before rbac, STATS before stats, unspecified before router."""
+    """AUTHN before jwt_authn, AUTHZ before rbac, STATS then unspecified before stats (istiod)."""
     plugins = [
         make_plugin("u"),
         make_plugin("s", phase="STATS"),
@@ -112,7 +112,7 @@ def test_phases_wrap_the_templates_own_filters():
     ]
     names = http_filter_names(build(FULL, *plugins))
     assert names == [
-        "default.n", "jwt", "default.z", "rbac", "default.s", "stats", "default.u", "router",
+        "default.n", "jwt", "default.z", "rbac", "default.s", "default.u", "stats", "router",
     ]  # fmt: skip
 
 
@@ -136,7 +136,7 @@ def test_phases_wrap_the_templates_own_filters():
         ),
         pytest.param(
             [("stats", STATS), ("jwt", JWT), ("router", ROUTER)],
-            ["default.n", "default.z", "default.s", "stats", "jwt", "default.u", "router"],
+            ["default.n", "default.z", "default.s", "default.u", "stats", "jwt", "router"],
             id="anchors-never-cross",
         ),
     ],

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from wasmxds.xds.identity import (
+    IdentityPattern,
     IdentityPolicy,
     IdentityRefused,
     SpiffeId,
     claimed_namespaces,
+    parse_identity_pattern,
     parse_spiffe_id,
 )
 from wasmxds.xds.node import node_info_from_metadata
@@ -44,6 +46,11 @@ def test_scheme_and_trust_domain_are_case_insensitive():
         "spiffe://cluster.local/ns/team-a/sa/default?x=1",
         "spiffe:///ns/team-a/sa/default",
         "spiffe://bad domain/ns/team-a/sa/default",
+        "spiffe://cluster.local/ns/team-a/sa/edge\n",
+        "spiffe://cluster.local/ns/team-a\n/sa/edge",
+        "spiffe://cluster.local\n/ns/team-a/sa/edge",
+        "spiffe://cluster.local/NS/team-a/sa/edge",
+        "spiffe://cluster.local/ns/team-a/SA/edge",
     ],
 )
 def test_refuses_what_is_not_an_istio_spiffe_id(uri):
@@ -69,7 +76,7 @@ def test_matching_claim_is_accepted():
 
 def test_no_claim_takes_the_certificates_namespace():
     """Metadata without a namespace gets the certificate's, not "default"."""
-    identity = IdentityPolicy().verify("n", ["https://other.example/x", TEAM_A], [])
+    identity = IdentityPolicy().verify("n", [TEAM_A], [])
     node = node_info_from_metadata(
         "n", {"LABELS": {"app": "web"}}, proven_namespace=identity.namespace
     )
@@ -126,3 +133,47 @@ def test_trust_domains_restrict_accepted_certificates():
     assert refused.reason == "untrusted_domain"
     assert "'cluster.local'" in str(refused)
     assert "prod.example" in str(refused)
+
+
+def test_the_path_keeps_its_case():
+    """SPIFFE-ID spec 2.4: the path is case-sensitive, so Team-A is not team-a."""
+    refused = _refusal(IdentityPolicy(), ["spiffe://cluster.local/ns/Team-A/sa/edge"], ["team-a"])
+    assert refused.reason == "namespace_mismatch"
+
+
+def test_a_spiffe_id_beside_another_uri_san_proves_nothing():
+    """X509-SVID: exactly one URI SAN; a SPIFFE ID next to an https:// one is refused."""
+    refused = _refusal(IdentityPolicy(), [TEAM_A, "https://example.com/x"], ["team-a"])
+    assert refused.reason == "multiple_uri_sans"
+    assert "exactly one URI SAN" in str(refused)
+
+
+def test_client_chosen_strings_are_cut_in_refusals():
+    """A 1 MiB node id and claimed namespace make a refusal of a few hundred characters."""
+    huge = "x" * (1 << 20)
+    with pytest.raises(IdentityRefused) as refused:
+        IdentityPolicy().verify(huge, [TEAM_A], [huge])
+    message = str(refused.value)
+    print(f"refusal for a 1 MiB node id and claim: {len(message)} characters")
+    assert len(message) < 1000
+    assert f"({1 << 20} characters)" in message
+    assert len(refused.value.claimed) < 300
+    with pytest.raises(IdentityRefused) as refused:
+        IdentityPolicy().verify(huge, ["https://x/" + huge] * 5, [])
+    assert len(str(refused.value)) < 2000
+
+
+def test_debug_identity_patterns():
+    """A full SPIFFE ID admits that account; ns/<ns>/* every account of the namespace."""
+    one = parse_identity_pattern("spiffe://Cluster.Local/ns/ops/sa/admin")
+    assert one == IdentityPattern("cluster.local", "ops", "admin")
+    assert one.matches(SpiffeId("cluster.local", "ops", "admin"))
+    assert not one.matches(SpiffeId("cluster.local", "ops", "envoy"))
+    every = parse_identity_pattern("spiffe://cluster.local/ns/ops/*")
+    assert str(every) == "spiffe://cluster.local/ns/ops/*"
+    assert every.matches(SpiffeId("cluster.local", "ops", "envoy"))
+    assert not every.matches(SpiffeId("other.domain", "ops", "envoy"))
+    assert not every.matches(SpiffeId("cluster.local", "team-a", "ops"))
+    for bad in ("spiffe://cluster.local/*", "spiffe://cluster.local/ns/*/sa/x", "ops"):
+        with pytest.raises(ValueError, match="spiffe://"):
+            parse_identity_pattern(bad)

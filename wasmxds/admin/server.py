@@ -7,12 +7,19 @@
 /debug/plugins               per WasmPlugin: origin, module, fetch state, stand-in, proxies
 /debug/problems              what the sources found wrong, as path:line: message
 /debug/config_dump?node=ID   the exact resources a proxy gets (or ?namespace=&label=k=v)
+/debug/rollouts              per staged rollout: versions, step, proxies, health, why
+POST /rollouts/NS/NAME/ACTION  pause, resume, promote or abort a staged rollout
 /modules/sha256/<hex>        module bytes, for `--module-delivery remote`
 
 Module downloads serve only modules a current plugin references (served, last
 good, or being fetched); with ``--admin-client-ca`` only to a client whose
-certificate's SPIFFE namespace such a plugin applies to. On a non-loopback
-address the debug pages need that client CA or ``--debug-public``.
+certificate proves (by the xDS port's rules: one SPIFFE ID, a ``--trust-domain``)
+a namespace such a plugin applies to. On a non-loopback address the debug pages
+need a client certificate whose SPIFFE ID a ``--debug-identity`` names, or
+``--debug-public``. Steering a rollout (POST) is open to anyone on the host on
+a loopback bind; elsewhere only to a certificate a ``--debug-identity`` names
+(never through ``--debug-public``), and never to a request a web page sent.
+Health, readiness and metrics never need a certificate.
 """
 
 from __future__ import annotations
@@ -24,26 +31,34 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from wasmxds.admin.downloads import ModuleDownloads, Pulse
 from wasmxds.admin.views import Readiness, config_dump, plugins_view, syncz
 from wasmxds.api.objects import ObjectKey, Problem
-from wasmxds.errors import SettingsError
+from wasmxds.errors import RolloutError, RolloutNotFound, SettingsError
 from wasmxds.metrics import Metrics
 from wasmxds.modules.index import ModuleIndex
-from wasmxds.modules.resolver import pinned_digest
 from wasmxds.modules.store import ModuleStore, is_digest
-from wasmxds.modules.types import Module, ModuleRequest, Pending, Ready
 from wasmxds.reconcile import PluginStatus
+from wasmxds.rollout import Rollouts
 from wasmxds.settings import HostPort
-from wasmxds.xds.identity import parse_spiffe_id
+from wasmxds.xds.identity import (
+    IdentityPattern,
+    IdentityPolicy,
+    IdentityRefused,
+    RefusalLog,
+    SpiffeId,
+    clip,
+)
 from wasmxds.xds.node import node_info_from_metadata
 from wasmxds.xds.server import Session
 from wasmxds.xds.snapshot import Snapshot
@@ -55,78 +70,10 @@ log = structlog.get_logger(__name__)
 # Seconds a stop waits for admin requests still being answered.
 _SHUTDOWN_GRACE = 1.0
 
-# How long a module download waits for a fetch under way that is known to
-# produce its digest (Envoy's own http_uri timeout for remote modules is 30 s).
-_MODULE_WAIT = 20.0
-# A digest nothing here names may still come from a fetch whose result is not
-# known yet (an unpinned URL, an OCI tag never pulled here, or before the first
-# reconcile): behind a Service another replica may have fetched it first. Such
-# requests wait briefly, and only this many at once; the rest are a 404 at once,
-# so no client can tie up connections by asking for made-up digests.
-_UNKNOWN_WAIT = 5.0
-_UNKNOWN_WAITERS = 64
-# What fetches under way may produce is worked out again on every pulse, and
-# otherwise at most this often, however many requests ask.
-_EXPECTATION_MAX_AGE = 1.0
 # A client decides what a refused request's reason says: at most this many
 # admin.bad_request lines per window, then one line counting the rest.
 _BAD_REQUEST_LINES = 20
 _BAD_REQUEST_WINDOW = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class _Expectation:
-    """Which module digests the fetches under way here can bring."""
-
-    digests: frozenset[str]
-    """Digests a fetch under way is known to produce (pinned, or resolved before)."""
-    open: bool
-    """Some fetch under way (or the first reconcile) may produce a digest not known yet."""
-
-
-def _expectation(
-    plugins: Iterable[PluginStatus], index: ModuleIndex | None, first_push: bool
-) -> _Expectation:
-    if not first_push:
-        return _Expectation(frozenset(), open=True)  # what plugins want is not known yet
-    digests: set[str] = set()
-    open_ = False
-    for status in plugins:
-        if not isinstance(status.outcome, Pending):
-            continue  # only a first fetch still under way can land a new digest
-        known, exact = _digests_of(status.request, index)
-        digests |= known
-        open_ = open_ or not exact
-    return _Expectation(frozenset(digests), open_)
-
-
-def _digests_of(request: ModuleRequest, index: ModuleIndex | None) -> tuple[set[str], bool]:
-    """The module digests fetching ``request`` may store, and whether that is all of them."""
-    try:
-        scheme = request.scheme
-    except ValueError:
-        return set(), True  # a malformed URL fails at once; nothing to wait for
-    if scheme not in ("http", "https", "oci"):
-        return set(), True  # file:// is a path on the proxy, never stored here
-    pinned = request.sha256.strip().lower()
-    if scheme != "oci" and is_digest(pinned):
-        return {pinned}, True  # the module's own digest: this one or a failed fetch
-    known: set[str] = set()
-    exact = False
-    if index is not None:
-        secret = "" if request.pull_secret is None else str(request.pull_secret)
-        ref = index.ref(request.url, request.sha256, secret)
-        if ref is not None:
-            known.add(ref.digest)  # what this URL resolved to before (a tag may have moved)
-        # OCI: sha256 (Istio's meaning) or the URL's @sha256: name the manifest,
-        # and a manifest seen before names its module for good.
-        for manifest in (pinned, pinned_digest(request.url)):
-            if is_digest(manifest) and (module := index.manifest_module(manifest)) is not None:
-                known.add(module)
-                exact = True
-    if is_digest(pinned):
-        known.add(pinned)  # an OCI sha256 may also be the module's own digest
-    return known, exact
 
 
 def _printable(text: str, limit: int = 200) -> str:
@@ -198,23 +145,6 @@ class _HttpLog(logging.Logger):
             self._suppressed = 0
 
 
-class Pulse:
-    """Wakes every current waiter each time it fires (an Event re-armed after setting)."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self.fired = 0
-        """How many times it has fired: who caches what it guards compares this."""
-
-    def fire(self) -> None:
-        self.fired += 1
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-
-
 @dataclass(frozen=True, slots=True)
 class AdminState:
     """Read-only accessors for everything the admin pages show."""
@@ -232,11 +162,20 @@ class AdminState:
     fetch may have failed): module downloads waiting for a fetch look again."""
     index: ModuleIndex | None = None
     """What each URL and OCI manifest resolved to before, to know what a fetch brings."""
+    health: Callable[[str], Mapping[str, Any] | None] | None = None
+    """A node id's health as its own proxy reports it (metrics service); None: never reported."""
+    rollouts: Rollouts | None = None
+    """The staged-rollout engine: ``/debug/rollouts`` and the steering POSTs."""
 
 
 @dataclass(frozen=True, slots=True)
 class AdminTls:
-    """HTTPS for the admin port, and the CA client certificates must come from (if any)."""
+    """HTTPS for the admin port, and the CA client certificates must come from (if any).
+
+    A client certificate is optional in the handshake (one that is presented must come
+    from the CA): health, readiness and metrics stay open to probes and Prometheus
+    without one, and each protected route asks for it.
+    """
 
     cert: Path
     key: Path
@@ -258,7 +197,7 @@ class AdminTls:
                 raise SettingsError(
                     f"--admin-client-ca {self.client_ca}: not a PEM CA certificate ({exc})"
                 ) from exc
-            context.verify_mode = ssl.CERT_REQUIRED
+            context.verify_mode = ssl.CERT_OPTIONAL
         return context
 
 
@@ -274,23 +213,39 @@ def is_loopback(host: str) -> bool:
 
 _DEBUG_REFUSED = (
     "the debug pages are not public on a non-loopback admin address: start wasmxds with"
-    " --admin-client-ca (and --admin-tls-cert/--admin-tls-key) and connect with a client"
-    " certificate from that CA, or with --debug-public to let anyone who reaches the port"
-    " read them\n"
+    " --admin-client-ca (and --admin-tls-cert/--admin-tls-key) and --debug-identity"
+    " spiffe://<trust-domain>/ns/<namespace>/sa/<account> (or .../ns/<namespace>/*) naming"
+    " who may read them, and connect with a client certificate of that identity (`wasmxds"
+    " status --admin-ca/--admin-cert/--admin-key`); or start it with --debug-public to let"
+    " anyone who reaches the port read them\n"
 )
 
 
-def _peer_namespaces(request: web.Request) -> set[str]:
-    """The namespaces of the SPIFFE URI SANs of the client's verified certificate."""
+_STEER_REFUSED = (
+    "steering a rollout is refused on a non-loopback admin address without a client"
+    " certificate a --debug-identity names (--debug-public opens reading the debug pages,"
+    " never steering): run `wasmxds rollout` on the wasmxds host against a loopback"
+    " --admin-address, or start wasmxds with --admin-client-ca (and"
+    " --admin-tls-cert/--admin-tls-key) and --debug-identity"
+    " spiffe://<trust-domain>/ns/<namespace>/sa/<account> naming who may steer, and connect"
+    " with a client certificate of that identity (`wasmxds rollout"
+    " --admin-ca/--admin-cert/--admin-key`)\n"
+)
+
+# The operator actions on a staged rollout, by the last segment of their POST path.
+ROLLOUT_ACTIONS = ("pause", "resume", "promote", "abort")
+
+
+def _peer_certificate(request: web.Request) -> dict[str, Any] | None:
+    """The client's certificate, verified against the admin client CA; None without one."""
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
     cert = ssl_object.getpeercert() if ssl_object is not None else None
-    namespaces: set[str] = set()
-    for kind, value in (cert or {}).get("subjectAltName", ()):
-        if kind == "URI":
-            with contextlib.suppress(ValueError):
-                namespaces.add(parse_spiffe_id(value).namespace)
-    return namespaces
+    return cert or None  # {}: none was asked for (no client CA)
+
+
+def _peer_uris(cert: Mapping[str, Any]) -> list[str]:
+    return [str(value) for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
 
 
 class AdminServer:
@@ -302,18 +257,33 @@ class AdminServer:
         tls: AdminTls | None = None,
         debug_public: bool = False,
         root_namespace: str = "istio-system",
+        identity: IdentityPolicy | None = None,
+        debug_identities: Sequence[IdentityPattern] = (),
     ) -> None:
+        """``identity``: which client certificates prove a namespace (the xDS port's
+        ``--trust-domain`` rules); ``debug_identities``: whose certificates read the debug
+        pages on a non-loopback address (``--debug-identity``)."""
         self._address = address
         self._state = state
         # Built now, so that unreadable TLS files stop start-up with a sentence.
         self._ssl_context = tls.context() if tls is not None else None
         self._root_namespace = root_namespace
         self._client_certs = tls is not None and tls.client_ca is not None
-        # A verified client certificate is required by the TLS handshake itself.
-        self._debug_open = debug_public or self._client_certs or is_loopback(address.host)
+        self._identity = identity or IdentityPolicy()
+        self._debug_identities = tuple(debug_identities) if self._client_certs else ()
+        self._debug_open = debug_public or is_loopback(address.host)
+        # Reading may be made public; changing what proxies run may not.
+        self._steer_open = is_loopback(address.host)
+        self._refusals = RefusalLog("admin.identity_refused")
+        self._downloads = ModuleDownloads(
+            plugins=state.plugins,
+            store=state.store,
+            arrived=state.module_arrived,
+            first_push=lambda: state.readiness().first_push,
+            index=state.index,
+            root_namespace=root_namespace,
+        )
         self.port: int | None = None
-        self._expectation: tuple[int, float, _Expectation] | None = None
-        self._unknown_waiters = 0
         self.app = web.Application()
         routes = self.app.router
         routes.add_get("/healthz", self._healthz)
@@ -323,6 +293,9 @@ class AdminServer:
         routes.add_get("/debug/plugins", self._plugins)
         routes.add_get("/debug/problems", self._problems)
         routes.add_get("/debug/config_dump", self._config_dump)
+        routes.add_get("/debug/rollouts", self._rollouts)
+        # POST only: a GET (a link, an image tag) gets a 405 and changes nothing.
+        routes.add_post("/rollouts/{namespace}/{name}/{action}", self._steer)
         routes.add_get("/modules/sha256/{digest}", self._module)
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -343,17 +316,17 @@ class AdminServer:
         return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _syncz(self, request: web.Request) -> web.Response:
-        self._debug_allowed()
-        return web.json_response(syncz(self._state.sessions()))
+        self._debug_allowed(request)
+        return web.json_response(syncz(self._state.sessions(), self._state.health))
 
     async def _plugins(self, request: web.Request) -> web.Response:
-        self._debug_allowed()
+        self._debug_allowed(request)
         state = self._state
         view = plugins_view(state.plugins(), state.snapshot(), state.sessions(), state.delivery)
         return web.json_response(view)
 
     async def _problems(self, request: web.Request) -> web.Response:
-        self._debug_allowed()
+        self._debug_allowed(request)
         return web.json_response(
             [
                 {"path": p.path, "line": p.line, "severity": p.severity.value, "message": p.message}
@@ -362,7 +335,7 @@ class AdminServer:
         )
 
     async def _config_dump(self, request: web.Request) -> web.Response:
-        self._debug_allowed()
+        self._debug_allowed(request)
         node_id = request.query.get("node")
         snapshot = self._state.snapshot()
         if node_id:
@@ -383,110 +356,129 @@ class AdminServer:
         node = node_info_from_metadata("(hypothetical)", {"namespace": namespace, "labels": labels})
         return web.json_response(config_dump(snapshot, node, None))
 
-    def _debug_allowed(self) -> None:
-        if not self._debug_open:
-            raise web.HTTPForbidden(text=_DEBUG_REFUSED)
+    async def _rollouts(self, request: web.Request) -> web.Response:
+        self._debug_allowed(request)
+        rollouts = self._state.rollouts
+        return web.json_response(rollouts.views() if rollouts is not None else [])
 
-    def _users(self, digest: str) -> set[str]:
-        """The namespaces of the current plugins that serve, keep or fetch module ``digest``."""
-        state = self._state
-        users: set[str] = set()
-        for status in state.plugins().values():
-            digests: set[str] = set()
-            if status.served_module is not None:
-                digests.add(status.served_module.digest)  # last good
-            match status.outcome:
-                case Ready(module=Module() as module):
-                    digests.add(module.digest)
-                case Pending():
-                    digests |= _digests_of(status.request, state.index)[0]
-            if digest in digests:
-                users.add(status.plugin.key.namespace)
-        return users
+    async def _steer(self, request: web.Request) -> web.Response:
+        action = request.match_info["action"]
+        if action not in ROLLOUT_ACTIONS:
+            raise web.HTTPNotFound(
+                text=f"no rollout action {clip(action)!r}: one of {', '.join(ROLLOUT_ACTIONS)}\n"
+            )
+        self._steer_allowed(request)
+        key = f"{request.match_info['namespace']}/{request.match_info['name']}"
+        rollouts = self._state.rollouts
+        if rollouts is None:
+            raise web.HTTPNotFound(text=f"no staged rollout for {clip(key)!r}\n")
+        steer = {
+            "pause": rollouts.pause,
+            "resume": rollouts.resume,
+            "promote": rollouts.promote,
+            "abort": rollouts.abort,
+        }[action]
+        try:
+            view = steer(key)
+        except RolloutNotFound as exc:
+            raise web.HTTPNotFound(text=f"{exc}\n") from None
+        except RolloutError as exc:
+            raise web.HTTPConflict(text=f"{exc}\n") from None
+        log.info("admin.rollout_steered", plugin=clip(key), action=action, remote=request.remote)
+        return web.json_response(view)
+
+    def _steer_allowed(self, request: web.Request) -> None:
+        """403 unless this client may change what proxies run: anyone on the host on a
+        loopback bind, elsewhere a certificate a ``--debug-identity`` names; never a
+        request a browser sent for a web page (it carries an Origin header), so no page a
+        browser on the host opens can steer through a loopback port."""
+        if "Origin" in request.headers:
+            self._refused(request, "browser_origin", "")
+            raise web.HTTPForbidden(
+                text="steering a rollout: this request came from a web page (it carries an"
+                " Origin header), and pages cannot steer rollouts; use `wasmxds rollout"
+                " pause|resume|promote|abort NAMESPACE/NAME`\n"
+            )
+        if self._steer_open:
+            return
+        if not self._debug_identities:
+            raise web.HTTPForbidden(text=_STEER_REFUSED)
+        identity = self._client_identity(
+            request,
+            "requests that steer a rollout",
+            "connect with a certificate whose SPIFFE ID a --debug-identity names (`wasmxds"
+            " rollout --admin-ca/--admin-cert/--admin-key`)",
+        )
+        if not any(pattern.matches(identity) for pattern in self._debug_identities):
+            self._refused(request, "debug_identity", str(identity))
+            raise web.HTTPForbidden(
+                text=f"steering a rollout: your client certificate's identity {identity} is"
+                " not one that may steer; wasmxds lets only the identities given with"
+                f" --debug-identity steer rollouts (start it with --debug-identity {identity},"
+                f" or a namespace pattern spiffe://{identity.trust_domain}/ns/"
+                f"{identity.namespace}/*, to admit it)\n"
+            )
+
+    def _debug_allowed(self, request: web.Request) -> None:
+        """403 unless the debug pages are open here, or the client's certificate proves an
+        identity a ``--debug-identity`` names (a module-download certificate is not enough:
+        the pages show every namespace's configuration)."""
+        if self._debug_open:
+            return
+        if not self._debug_identities:
+            raise web.HTTPForbidden(text=_DEBUG_REFUSED)
+        identity = self._client_identity(
+            request,
+            "the debug pages",
+            "connect with a certificate whose SPIFFE ID a --debug-identity names (`wasmxds"
+            " status --admin-ca/--admin-cert/--admin-key`)",
+        )
+        if not any(pattern.matches(identity) for pattern in self._debug_identities):
+            self._refused(request, "debug_identity", str(identity))
+            raise web.HTTPForbidden(
+                text=f"the debug pages: your client certificate's identity {identity} is not"
+                " one that may read them; wasmxds lets only the identities given with"
+                " --debug-identity read them (start it with --debug-identity"
+                f" {identity}, or a namespace pattern"
+                f" spiffe://{identity.trust_domain}/ns/{identity.namespace}/*, to admit it)\n"
+            )
+
+    def _client_identity(self, request: web.Request, what: str, remedy: str) -> SpiffeId:
+        """The SPIFFE ID the client's verified certificate proves, by the xDS port's rules;
+        a 403 saying what is wrong with it otherwise."""
+        cert = _peer_certificate(request)
+        if cert is None:
+            self._refused(request, "no_certificate", "")
+            raise web.HTTPForbidden(
+                text=f"{what} need a client certificate from wasmxds's --admin-client-ca, and"
+                f" this connection presented none: {remedy}\n"
+            )
+        try:
+            return self._identity.certificate_identity(_peer_uris(cert))
+        except IdentityRefused as exc:
+            self._refused(request, exc.reason, exc.identity)
+            raise web.HTTPForbidden(text=f"{what}: {exc}\n") from None
+
+    def _refused(self, request: web.Request, reason: str, identity: str) -> None:
+        self._refusals.warning(
+            path=clip(request.path), remote=request.remote, reason=reason, identity=identity or None
+        )
 
     async def _module(self, request: web.Request) -> web.StreamResponse:
         digest = request.match_info["digest"]
         if not is_digest(digest):
             raise web.HTTPNotFound(text="not a sha256 digest (64 lowercase hex characters)\n")
-        module = self._state.store.get(digest)
-        if module is not None and not self._users(digest):
-            # The cache may keep modules no plugin uses any more (or that one
-            # namespace pulled with its secret): only what is referenced is served.
-            raise web.HTTPNotFound(text=f"module {digest} is not used by any current plugin\n")
-        if module is None:
-            # Behind a Service, a proxy can ask this replica for a module another
-            # replica has just fetched; this one is most likely fetching it too.
-            module = await self._await_module(digest)
-        if module is None:
-            raise web.HTTPNotFound(text=f"module {digest} is not in the cache\n")
-        if self._client_certs:
-            self._authorise(request, digest)
-        return web.FileResponse(module.path, headers={"Content-Type": "application/wasm"})
-
-    def _authorise(self, request: web.Request, digest: str) -> None:
-        """403 unless the client's SPIFFE namespace is one a plugin using ``digest`` applies to."""
-        users = self._users(digest)
-        if self._root_namespace in users:
-            return  # a root-namespace plugin applies to every namespace
-        client = _peer_namespaces(request)
-        if client & users:
-            return
-        shown = ", ".join(sorted(client)) or "none (no SPIFFE URI SAN)"
-        raise web.HTTPForbidden(
-            # Which namespaces do use it is not said: that is another tenant's business.
-            text=f"module {digest}: no plugin that uses it applies to the namespace of your"
-            f" client certificate ({shown})\n"
+        if not self._client_certs:
+            return await self._downloads.serve(digest, None)
+        # Who asks is settled before the cache is looked at or anything is waited for: a
+        # refused client learns nothing of what is cached, used or on its way.
+        identity = self._client_identity(
+            request,
+            "module downloads",
+            "give Envoy the proxy's certificate (`wasmxds bootstrap"
+            " --modules-tls-cert/--modules-tls-key`)",
         )
-
-    def _expected(self) -> _Expectation:
-        """What fetches under way may bring; cached until the next pulse (or a second)."""
-        state = self._state
-        now = time.monotonic()
-        cached = self._expectation
-        if (
-            cached is None
-            or cached[0] != state.module_arrived.fired
-            or now - cached[1] > _EXPECTATION_MAX_AGE
-        ):
-            expectation = _expectation(
-                state.plugins().values(), state.index, state.readiness().first_push
-            )
-            self._expectation = cached = (state.module_arrived.fired, now, expectation)
-        return cached[2]
-
-    async def _await_module(self, digest: str) -> Module | None:
-        """The module once a fetch under way here lands it, or None at once if none may.
-
-        A digest a fetch is known to bring waits up to ``_MODULE_WAIT``; one that
-        only an open-ended fetch might bring waits ``_UNKNOWN_WAIT``, and only
-        ``_UNKNOWN_WAITERS`` such requests at a time. Waiters wake on the pulse
-        (a module landed, or a reconcile saw a fetch end) and let go as soon as
-        nothing under way can bring their digest.
-        """
-        state = self._state
-        expected = self._expected()
-        if digest in expected.digests:
-            wait, unknown = _MODULE_WAIT, False
-        elif expected.open and self._unknown_waiters < _UNKNOWN_WAITERS:
-            wait, unknown = _UNKNOWN_WAIT, True
-        else:
-            return None
-        self._unknown_waiters += unknown
-        try:
-            async with asyncio.timeout(wait):
-                # A landed module is served once reconcile shows a plugin using it.
-                while (module := state.store.get(digest)) is None or not self._users(digest):
-                    await state.module_arrived.wait()
-                    if state.store.get(digest) is not None and self._users(digest):
-                        continue
-                    expected = self._expected()
-                    if digest not in expected.digests and not expected.open:
-                        return None
-        except TimeoutError:
-            return None
-        finally:
-            self._unknown_waiters -= unknown
-        return module
+        return await self._downloads.serve(digest, frozenset({identity.namespace}))
 
     async def run(self, started: asyncio.Event | None = None) -> None:
         # A stop must not wait for module downloads that are still waiting for a

@@ -1,27 +1,36 @@
 """What the debug endpoints show, as plain JSON-ready data built from live state.
 
 Kept apart from the HTTP layer so it is unit-tested without sockets. Nothing
-here may expose a credential: module URLs are always the redacted form, and
-pull secrets never reach proxies' resources in the first place.
+here may expose a credential: module URLs are always the redacted form, pull
+secrets never reach proxies' resources in the first place, and pluginConfig
+values from Secrets are shown masked (``[from secret NAME/KEY]``, the
+resource's display form).
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from wasmxds.api.objects import ObjectKey
 from wasmxds.api.proto import wasm_pb2
-from wasmxds.modules.types import Failed, LocalFile, Module, Pending, Ready
+from wasmxds.modules.proxyabi import plugin_type_warning
+from wasmxds.modules.types import Failed, LocalFile, Module, ModuleAbi, Pending, Ready
 from wasmxds.reconcile import PluginStatus, Serving, module_request
 from wasmxds.reconcile.reports import INLINE_TOO_LARGE_ACTION, holders
 from wasmxds.xds.delta import DeltaTypeState
 from wasmxds.xds.node import NodeInfo
-from wasmxds.xds.resources import PreparedResource
+from wasmxds.xds.resources import (
+    EcdsTag,
+    PreparedResource,
+    secret_versions_exist,
+    shown_version,
+)
 from wasmxds.xds.server import Session
 from wasmxds.xds.snapshot import Snapshot
 from wasmxds.xds.sotw import TypeState
@@ -48,9 +57,17 @@ def sync_state(state: TypeState | DeltaTypeState) -> str:
 
 
 def _held(state: TypeState | DeltaTypeState) -> dict[str, str]:
+    # Versions of resources with values from Secrets are shown as HMACs (shown_version).
     if isinstance(state, TypeState):
-        return {name: resource.version for name, resource in state.held.items()}
-    return {name: version for name, version in state.sent.items() if version}
+        return {name: _version(resource) for name, resource in state.held.items()}
+    return {name: shown_version(version) for name, version in state.sent.items() if version}
+
+
+def _type_version(state: TypeState | DeltaTypeState, version: str) -> str | None:
+    """A type's version (a hash of its resources' versions), masked like theirs."""
+    if not version:
+        return None
+    return shown_version(version, secret=state.type_url == ECDS and secret_versions_exist())
 
 
 def _type_view(state: TypeState | DeltaTypeState) -> dict[str, Any]:
@@ -59,8 +76,8 @@ def _type_view(state: TypeState | DeltaTypeState) -> dict[str, Any]:
         "type_url": state.type_url,
         "subscribed": "*" if wildcard else sorted(state.names),
         "resources": _held(state),
-        "version_sent": state.sent_version or None,
-        "version_acked": state.acked_version or None,
+        "version_sent": _type_version(state, state.sent_version),
+        "version_acked": _type_version(state, state.acked_version),
         "nacks": state.nacks,
         "last_nack": state.last_error or None,
         "state": sync_state(state),
@@ -72,8 +89,12 @@ def _types(session: Session) -> list[tuple[str, TypeState | DeltaTypeState]]:
     return sorted(types.items())
 
 
-def syncz(sessions: Iterable[Session]) -> list[dict[str, Any]]:
-    """Per connected proxy: identity, connection, and per type what it was sent and acknowledged."""
+def syncz(
+    sessions: Iterable[Session],
+    health: Callable[[str], Mapping[str, Any] | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Per connected proxy: identity, connection, per type what it was sent and acknowledged,
+    and the health its own stats report (null until it reports over the metrics service)."""
     out = []
     for session in sorted(sessions, key=lambda s: (s.node.id, s.id)):
         node = session.node
@@ -94,9 +115,29 @@ def syncz(sessions: Iterable[Session]) -> list[dict[str, Any]]:
                     SHORT_TYPES.get(type_url, type_url): _type_view(state)
                     for type_url, state in _types(session)
                 },
+                "health": health(node.id) if health is not None else None,
             }
         )
     return out
+
+
+def _implements(abi: ModuleAbi | None) -> dict[str, Any] | None:
+    """What the pre-flight check found the module implements (None: not checked)."""
+    if abi is None:
+        return None
+    return {
+        "abi": abi.version,
+        "http": abi.http,
+        "network": abi.network,
+        "callbacks": list(abi.callbacks),
+    }
+
+
+def _type_warning(status: PluginStatus, kind: str) -> str | None:
+    outcome = status.outcome
+    if isinstance(outcome, Ready) and isinstance(outcome.module, Module) and outcome.module.abi:
+        return plugin_type_warning(kind, outcome.module.abi) or None
+    return None
 
 
 def _module_view(status: PluginStatus) -> dict[str, Any]:
@@ -110,6 +151,7 @@ def _module_view(status: PluginStatus) -> dict[str, Any]:
                 "digest": module.digest,
                 "size": module.size,
                 "error": str(stale) if stale else None,
+                "implements": _implements(module.abi),
             }
         case Ready(module=LocalFile() as local):
             view |= {"state": "ready", "file": local.path, "error": None}
@@ -124,6 +166,19 @@ def _module_view(status: PluginStatus) -> dict[str, Any]:
         case Pending():
             view |= {"state": "pending", "error": None}
     return view
+
+
+def _config_view(status: PluginStatus) -> dict[str, Any] | None:
+    config = status.config
+    if config is None:
+        return None
+    return {
+        "references": [
+            {"line": ref.line, "path": ref.dotted, "value": ref.masked} for ref in config.refs
+        ],
+        "state": config.refusal.value if config.refusal else "resolved",
+        "error": config.error or None,
+    }
 
 
 def plugins_view(
@@ -164,11 +219,12 @@ def plugins_view(
                 "digest": module.digest if module is not None else None,
                 "size": module.size if module is not None else None,
                 # Why this version is not served (empty while its module is pending).
-                "reason": status.unavailable,
+                "reason": status.unavailable or (status.config.error if status.config else ""),
             }
             served_label = Serving.LAST_GOOD.value
         else:
             served_label = "stand-in" if standin else ("filter" if entry else "not yet")
+        kind = "NETWORK" if spec.type == wasm_pb2.NETWORK else "HTTP"
         out.append(
             {
                 "name": str(key),
@@ -177,13 +233,17 @@ def plugins_view(
                 "phase": wasm_pb2.PluginPhase.Name(spec.phase).removeprefix("UNSPECIFIED_PHASE")
                 or None,
                 "priority": spec.priority.value if spec.HasField("priority") else None,
-                "type": "NETWORK" if spec.type == wasm_pb2.NETWORK else "HTTP",
+                "type": kind,
+                # The module implements no callbacks of this type (pre-flight check).
+                "type_warning": _type_warning(status, kind),
                 "fail_strategy": wasm_pb2.FailStrategy.Name(spec.fail_strategy),
                 "module": _module_view(status),
                 "delivery": "file" if passthrough else delivery,
                 "served": served_label,
                 "standin": standin,
                 "last_good": last_good,
+                # References only (path, Secret, key): values never leave the server here.
+                "config_secrets": _config_view(status),
                 "action": (
                     INLINE_TOO_LARGE_ACTION
                     if isinstance(status.outcome, Ready) and status.unavailable
@@ -195,13 +255,29 @@ def plugins_view(
     return out
 
 
+def _version(resource: PreparedResource) -> str:
+    """The resource's version as debug pages show it (an HMAC when it holds values
+    from Secrets: the real one would let a reader test guesses of them)."""
+    tag = resource.tag
+    secret = isinstance(tag, EcdsTag) and tag.display is not None
+    return shown_version(resource.version, secret=secret)
+
+
+def _shown(resource: PreparedResource) -> Message:
+    """The resource as debug pages show it: values from Secrets masked."""
+    tag = resource.tag
+    if isinstance(tag, EcdsTag) and tag.display is not None:
+        return tag.display
+    return resource.message
+
+
 def _dump(resources: Mapping[str, PreparedResource]) -> list[dict[str, Any]]:
     return [
         {
             "name": name,
-            "version": resource.version,
+            "version": _version(resource),
             "resource": json_format.MessageToDict(
-                resource.message, preserving_proto_field_name=True
+                _shown(resource), preserving_proto_field_name=True
             ),
         }
         for name, resource in sorted(resources.items())
@@ -226,7 +302,8 @@ def config_dump(
         ecds = snapshot.resolve(ECDS, node, ecds_names)
     return {
         "node": {"id": node.id, "namespace": node.namespace, "labels": dict(node.labels)},
-        "snapshot": snapshot.version,
+        # Derived from every resource's version: masked once any holds Secret values.
+        "snapshot": shown_version(snapshot.version, secret=secret_versions_exist()),
         "resources": {
             "CDS": _dump(snapshot.resolve_all(CLUSTER, node)),
             "LDS": _dump(snapshot.resolve_all(LISTENER, node)),

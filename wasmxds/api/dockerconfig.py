@@ -6,7 +6,10 @@ with ``username``/``password``, ``identitytoken`` (an OAuth2 refresh token) or
 ``registrytoken`` (a bearer token used as is). Keys are normalised the way
 Docker's ``ConvertToHostname`` does, and Docker Hub's aliases meet under
 ``index.docker.io``, so a lookup by registry host finds what ``docker login``
-wrote.
+wrote. ``credHelpers`` (per registry) and ``credsStore`` (every other
+registry) name ``docker-credential-<name>`` programs that hold the
+credentials instead; which of them may run is decided elsewhere
+(:mod:`wasmxds.modules.oci.credentials`), this module only reads the names.
 
 Nothing in this module ever puts a credential into a message or a ``repr``:
 errors say which field is wrong, never what it holds.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -27,8 +31,10 @@ __all__ = [
     "DockerConfig",
     "DockerConfigError",
     "RegistryCredentials",
+    "helper_server_url",
     "normalize_registry",
     "parse_docker_config",
+    "valid_helper_name",
 ]
 
 # Where `docker login` (no argument) stores Docker Hub credentials, after normalising.
@@ -36,6 +42,13 @@ DOCKER_HUB_AUTH_KEY = "index.docker.io"
 _DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 # A config is a few KiB; anything far larger is not one (and must not eat memory).
 _MAX_CONFIG_BYTES = 1 << 20
+# What Docker hands a helper for Docker Hub (its historical auth key); other
+# registries are asked for by host[:port], as Docker's getAuthConfigKey does.
+_DOCKER_HUB_SERVER_URL = "https://index.docker.io/v1/"
+# Helper names become part of a program name: no path separators, nothing a
+# shell or PATH lookup could read differently (the published helpers are all
+# lower-case words: ecr-login, gcloud, acr-env, desktop, pass, secretservice).
+_HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,21 +85,37 @@ class RegistryCredentials:
 
 @dataclass(frozen=True, slots=True)
 class DockerConfig:
-    """Credentials by normalised registry host; ``helpers`` lists hosts delegated to
-    credential helpers (``credHelpers``/``credsStore``), which wasmxds does not run."""
+    """Credentials by normalised registry host; ``helpers`` maps hosts to the credential
+    helper named for them (``credHelpers``), ``creds_store`` is the default one."""
 
     auths: Mapping[str, RegistryCredentials] = field(default_factory=dict)
-    helpers: frozenset[str] = frozenset()
-    creds_store: bool = False
+    helpers: Mapping[str, str] = field(default_factory=dict)
+    creds_store: str = ""
 
     def lookup(self, registry: str) -> RegistryCredentials | None:
         """Credentials for ``registry`` (``host[:port]``), or None when the config has none."""
         found = self.auths.get(normalize_registry(registry))
         return None if found is None or found.is_empty else found
 
-    def uses_helper(self, registry: str) -> bool:
-        """True when Docker would ask a credential helper for this registry."""
-        return self.creds_store or normalize_registry(registry) in self.helpers
+    def helper_for(self, registry: str) -> str | None:
+        """The helper Docker would ask for this registry, as Docker chooses it: the
+        ``credHelpers`` entry (an empty one means "none"), else ``credsStore``."""
+        key = normalize_registry(registry)
+        name = self.helpers.get(key, self.creds_store)
+        return name or None
+
+    def holder_of(self, registry: str) -> str | None:
+        """The helper that holds this registry's credentials by the config's own account:
+        its ``credHelpers`` entry, or ``credsStore`` when ``docker login`` left the empty
+        ``auths`` entry it writes beside a store. None when the config has no such sign
+        (a store alone says nothing about registries nobody logged in to)."""
+        key = normalize_registry(registry)
+        if key in self.helpers:
+            return self.helpers[key] or None
+        entry = self.auths.get(key)
+        if self.creds_store and entry is not None and entry.is_empty:
+            return self.creds_store
+        return None
 
     def __repr__(self) -> str:
         return f"DockerConfig(registries={sorted(self.auths)!r})"
@@ -101,6 +130,18 @@ def normalize_registry(key: str) -> str:
             break
     host = text.split("/", 1)[0]
     return DOCKER_HUB_AUTH_KEY if host in _DOCKER_HUB_ALIASES else host
+
+
+def helper_server_url(registry: str) -> str:
+    """What a credential helper is asked for: Docker Hub's ``https://index.docker.io/v1/``,
+    else the normalised ``host[:port]`` (the keys ``docker login`` stores under)."""
+    key = normalize_registry(registry)
+    return _DOCKER_HUB_SERVER_URL if key == DOCKER_HUB_AUTH_KEY else key
+
+
+def valid_helper_name(name: str) -> bool:
+    """A name that can only ever mean ``docker-credential-<name>`` found on PATH."""
+    return _HELPER_NAME.fullmatch(name) is not None
 
 
 def parse_docker_config(data: bytes | str) -> DockerConfig:
@@ -124,13 +165,18 @@ def parse_docker_config(data: bytes | str) -> DockerConfig:
         if not isinstance(entry, dict):
             raise DockerConfigError(f"auths[{key!r}] must be an object")
         auths.setdefault(normalize_registry(key), _credentials(key, entry))
-    helpers_value = document.get("credHelpers", {})
-    helpers = (
-        frozenset(normalize_registry(k) for k in helpers_value)
-        if isinstance(helpers_value, dict)
-        else frozenset()
-    )
-    return DockerConfig(auths=auths, helpers=helpers, creds_store=bool(document.get("credsStore")))
+    helpers_value = document.get("credHelpers") or {}  # JSON null: none, as in Docker
+    if not isinstance(helpers_value, dict):
+        raise DockerConfigError("'credHelpers' must be an object mapping registries to helpers")
+    helpers: dict[str, str] = {}
+    for key, name in helpers_value.items():
+        if not isinstance(name, str):
+            raise DockerConfigError(f"credHelpers[{key!r}] must be a string (a helper name)")
+        helpers.setdefault(normalize_registry(key), name)
+    store = document.get("credsStore") or ""
+    if not isinstance(store, str):
+        raise DockerConfigError("'credsStore' must be a string (a helper name)")
+    return DockerConfig(auths=auths, helpers=helpers, creds_store=store)
 
 
 def _credentials(key: str, entry: Mapping[str, object]) -> RegistryCredentials:

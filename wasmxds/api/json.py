@@ -22,41 +22,37 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from decimal import Decimal
 
 from google.protobuf import struct_pb2
 
 __all__ = ["canonical_json", "compact_json", "go_number", "go_string"]
 
-_SHORT_ESCAPES = {
-    '"': '\\"',
-    "\\": "\\\\",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    # Go 1.22 and later write \b and \f short (earlier releases used \u0008).
-    "\b": "\\b",
-    "\f": "\\f",
-}
-_HTML_UNSAFE = frozenset("<>&\u2028\u2029")
+# Where Python's json.dumps(ensure_ascii=False) and Go's encoding/json differ: Go
+# escapes <, >, &, U+2028 and U+2029, and writes a lone surrogate as \ufffd. (Both
+# write \b, \f, \n, \r, \t short, as Go does since 1.22, other controls as \u00XX.)
+_GO_DIFFERS = re.compile("[<>&\u2028\u2029\ud800-\udfff]")
 
 
 def go_string(text: str) -> str:
-    """``text`` as Go's ``json.Marshal`` writes a string (HTML-safe escaping on)."""
-    out = ['"']
-    for c in text:
-        short = _SHORT_ESCAPES.get(c)
-        if short is not None:
-            out.append(short)
-        elif c < " " or c in _HTML_UNSAFE:
-            out.append(f"\\u{ord(c):04x}")
-        elif "\ud800" <= c <= "\udfff":
-            # A lone surrogate is invalid UTF-8, which Go writes as this escape.
-            out.append("\\ufffd")
-        else:
-            out.append(c)
-    out.append('"')
-    return "".join(out)
+    """``text`` as Go's ``json.Marshal`` writes a string (HTML-safe escaping on).
+
+    Python's encoder (C) already writes quotes, backslashes and control characters
+    as Go does; only the HTML-unsafe characters and lone surrogates differ, and they
+    are rare. A character-by-character loop took 20 ms per 64 KiB, and configuration
+    values (from Secrets, say) are rendered on the event loop.
+    """
+    rendered = json.dumps(text, ensure_ascii=False)
+    if _GO_DIFFERS.search(rendered) is None:
+        return rendered
+    return _GO_DIFFERS.sub(_go_escape, rendered)
+
+
+def _go_escape(match: re.Match[str]) -> str:
+    c = match.group()
+    # A lone surrogate is invalid UTF-8, which Go writes as this escape.
+    return "\\ufffd" if "\ud800" <= c <= "\udfff" else f"\\u{ord(c):04x}"
 
 
 def go_number(value: float) -> str:

@@ -15,6 +15,7 @@ __all__ = [
     "API_VERSION",
     "DEFAULT_NAMESPACE",
     "KIND",
+    "TRAFFIC_EXTENSION_KIND",
     "ObjectKey",
     "Origin",
     "Problem",
@@ -25,22 +26,37 @@ __all__ = [
 API_GROUP = "extensions.istio.io"
 API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND = "WasmPlugin"
+TRAFFIC_EXTENSION_KIND = "TrafficExtension"
 DEFAULT_NAMESPACE = "default"
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class ObjectKey:
-    """Namespace and name of an object; the identity sources deduplicate on."""
+    """Namespace and name of an object; the identity sources deduplicate on.
+
+    ``kind`` is empty for WasmPlugins (and Secrets) and ``TrafficExtension`` for
+    those, so the two kinds of one namespace/name are different objects.
+    """
 
     namespace: str
     name: str
+    kind: str = ""
 
     @property
     def resource_name(self) -> str:
-        """The ECDS resource name of a WasmPlugin: ``<namespace>.<name>`` (DESIGN contract)."""
+        """The ECDS resource name: ``<namespace>.<name>`` (DESIGN contract), for both
+        kinds; a TrafficExtension supersedes a WasmPlugin of the same name
+        (:func:`wasmxds.api.trafficextension.supersede`)."""
         return f"{self.namespace}.{self.name}"
 
+    @property
+    def described(self) -> str:
+        """Kind and namespace/name: ``WasmPlugin ns/name``, ``TrafficExtension ns/name``."""
+        return str(self) if self.kind else f"{KIND} {self}"
+
     def __str__(self) -> str:
+        if self.kind:
+            return f"{self.kind} {self.namespace}/{self.name}"
         return f"{self.namespace}/{self.name}"
 
 
@@ -105,6 +121,12 @@ class WasmPlugin:
     creation_timestamp: str
     origin: Origin
     fingerprint: str
+    lua: str | None = None
+    """A TrafficExtension's ``lua.inlineCode``; None for Wasm (then ``spec`` says it all).
+
+    For a Lua extension ``spec`` carries only what placement needs (selector,
+    targetRefs, phase, priority, match); its Wasm fields are empty.
+    """
 
     @property
     def resource_name(self) -> str:

@@ -10,7 +10,9 @@ Maistra's deprecated ServiceMeshExtension (``maistra.io/v1``) is read too: it
 is converted (:mod:`wasmxds.maistra.servicemeshextension`) and becomes the
 WasmPlugin of the same namespace/name, with a deprecation warning.
 ``kubernetes.io/dockerconfigjson`` Secrets (image pull secrets) are collected
-too (:mod:`wasmxds.api.secrets`); Secrets of other types are skipped.
+too (:mod:`wasmxds.api.secrets`), and so are ``Opaque`` ones, which the
+``secrets.wasmxds.io/plugin-config`` annotation takes pluginConfig values
+from (:mod:`wasmxds.api.configsecrets`); Secrets of other types are skipped.
 
 A file past one of the input limits (:mod:`wasmxds.api.limits`: size,
 documents, values and text once aliases are expanded, nesting) is refused
@@ -37,6 +39,12 @@ from pathlib import Path
 
 import structlog
 
+from wasmxds.api.configsecrets import (
+    ConfigSecret,
+    ParsedConfigSecret,
+    annotation_issues,
+    parse_config_secret,
+)
 from wasmxds.api.convert import (
     FieldPath,
     Issue,
@@ -61,8 +69,12 @@ from wasmxds.api.objects import (
     Severity,
     WasmPlugin,
 )
+from wasmxds.api.objects import TRAFFIC_EXTENSION_KIND as TE_KIND
 from wasmxds.api.proto import wasm_pb2
-from wasmxds.api.secrets import PullSecret, parse_secret
+from wasmxds.api.rollout import rollout_issues
+from wasmxds.api.scope import scope_issues
+from wasmxds.api.secrets import ParsedSecret, PullSecret, parse_secret
+from wasmxds.api.trafficextension import convert_extension
 from wasmxds.api.validate import (
     dns1123_label_error,
     dns1123_subdomain_error,
@@ -126,7 +138,8 @@ class ParsedFile:
     ``object_lines`` gives the line of every identified object, valid or not
     (the first definition of each), for cross-file duplicate reports.
     ``secrets`` and ``invalid_secrets`` are the same for image pull secrets
-    (``kubernetes.io/dockerconfigjson`` Secrets); other Secrets are skipped.
+    (``kubernetes.io/dockerconfigjson`` Secrets), ``config_secrets`` and
+    ``invalid_config_secrets`` for ``Opaque`` ones; other Secrets are skipped.
     """
 
     path: str
@@ -137,6 +150,8 @@ class ParsedFile:
     object_lines: tuple[tuple[ObjectKey, int], ...] = ()
     secrets: tuple[PullSecret, ...] = ()
     invalid_secrets: tuple[ObjectKey, ...] = ()
+    config_secrets: tuple[ConfigSecret, ...] = ()
+    invalid_config_secrets: tuple[ObjectKey, ...] = ()
 
     @property
     def has_errors(self) -> bool:
@@ -226,7 +241,7 @@ def parse_object(
     # here, before any of it is looked at (a huge object is refused whatever its kind).
     if source_limits is not None and (reason := check_value(value, "the object", source_limits)):
         found.append(Issue((), where(()), reason))
-        key = _key_only(value.get("metadata"), default_namespace)
+        key = _key_only(value, default_namespace)
         return ParsedObject(None, key, tuple(issue.to_problem(source) for issue in found))
     verdict = _identify(value)
     if verdict is _Verdict.SKIP:
@@ -234,7 +249,7 @@ def parse_object(
     if isinstance(verdict, tuple):
         path, message = verdict
         found.append(Issue(path, where(path), message))
-        key = _key_only(value.get("metadata"), default_namespace)
+        key = _key_only(value, default_namespace)
         return ParsedObject(None, key, tuple(issue.to_problem(source) for issue in found))
     if verdict is _Verdict.EXTENSION:
         return parse_extension(
@@ -246,7 +261,8 @@ def parse_object(
             default_namespace=default_namespace,
             issues=found,
         )
-    return _Object(value, where, found, default_namespace).build(source, line)
+    kind = TE_KIND if verdict is _Verdict.TRAFFIC_EXTENSION else ""
+    return _Object(value, where, found, default_namespace, kind).build(source, line)
 
 
 def unreadable(
@@ -260,6 +276,7 @@ class _Verdict(enum.Enum):
     SKIP = "not a WasmPlugin"
     CHECK = "a WasmPlugin"
     EXTENSION = "a ServiceMeshExtension, served as a WasmPlugin"
+    TRAFFIC_EXTENSION = "a TrafficExtension, served as a WasmPlugin or a Lua filter"
 
 
 def _identify(value: Mapping[object, object]) -> _Verdict | tuple[FieldPath, str]:
@@ -279,6 +296,17 @@ def _identify(value: Mapping[object, object]) -> _Verdict | tuple[FieldPath, str
             f"unsupported apiVersion {describe(api_version)} for kind {KIND};"
             f" the supported one is {API_VERSION}",
         )
+    if kind == TE_KIND:
+        if api_version == API_VERSION:
+            return _Verdict.TRAFFIC_EXTENSION
+        return (
+            ("apiVersion",),
+            f"unsupported apiVersion {describe(api_version)} for kind {TE_KIND};"
+            f" the supported one is {API_VERSION}",
+        )
+    if isinstance(kind, str) and kind.casefold() == TE_KIND.casefold():
+        hint = f'did you mean "{TE_KIND}"? (kinds are case-sensitive)'
+        return ("kind",), f'unknown kind "{kind}"; {hint}'
     if kind == EXTENSION_KIND:
         if api_version in EXTENSION_API_VERSIONS:
             return _Verdict.EXTENSION
@@ -300,7 +328,8 @@ def _identify(value: Mapping[object, object]) -> _Verdict | tuple[FieldPath, str
     return _Verdict.SKIP
 
 
-def _key_only(metadata: object, default_namespace: str) -> ObjectKey | None:
+def _key_only(value: Mapping[object, object], default_namespace: str) -> ObjectKey | None:
+    metadata = value.get("metadata")
     if not isinstance(metadata, Mapping):
         return None
     name, namespace = metadata.get("name"), metadata.get("namespace") or default_namespace
@@ -308,7 +337,7 @@ def _key_only(metadata: object, default_namespace: str) -> ObjectKey | None:
         return None
     if dns1123_subdomain_error(name) or dns1123_label_error(namespace):
         return None
-    return ObjectKey(namespace, name)
+    return ObjectKey(namespace, name, TE_KIND if value.get("kind") == TE_KIND else "")
 
 
 class _Object:
@@ -320,7 +349,10 @@ class _Object:
         locate: Locator,
         issues: list[Issue],
         default_namespace: str,
+        kind: str = "",
     ) -> None:
+        self.kind = kind
+        self.lua: str | None = None
         self.value = value
         self.locate = locate
         self.issues = issues
@@ -351,6 +383,7 @@ class _Object:
         assert isinstance(metadata, Mapping)
         plugin = WasmPlugin(
             key=key,
+            lua=self.lua,
             spec=spec,
             labels=self.labels,
             annotations=self.annotations,
@@ -363,6 +396,17 @@ class _Object:
         return ParsedObject(plugin, key, problems)
 
     def spec(self, value: object) -> wasm_pb2.WasmPlugin | None:
+        if self.kind == TE_KIND:
+            extension = convert_extension(value, self.locate)
+            self.issues.extend(extension.issues)
+            if extension.spec is None:
+                return None
+            self.lua = extension.lua
+            self.issues.extend(annotation_issues(self.annotations, extension.spec, self.locate))
+            self.issues.extend(rollout_issues(self.annotations, self.locate))
+            http = extension.spec.type != wasm_pb2.NETWORK
+            self.issues.extend(scope_issues(self.annotations, self.locate, http=http))
+            return extension.spec
         if value is None:
             self.error(("spec",), "required: the WasmPlugin spec")
             return None
@@ -373,6 +417,10 @@ class _Object:
         self.issues.extend(
             validate_spec(conversion.message, present=conversion.present, locate=self.locate)
         )
+        self.issues.extend(annotation_issues(self.annotations, conversion.message, self.locate))
+        self.issues.extend(rollout_issues(self.annotations, self.locate))
+        http = conversion.message.type != wasm_pb2.NETWORK
+        self.issues.extend(scope_issues(self.annotations, self.locate, http=http))
         return conversion.message
 
     def metadata(self, metadata: object) -> ObjectKey | None:
@@ -396,7 +444,7 @@ class _Object:
         self.annotations = self.string_map(metadata.get("annotations"), (*base, "annotations"))
         if name is None or namespace is None:
             return None
-        return ObjectKey(namespace, name)
+        return ObjectKey(namespace, name, self.kind)
 
     def name(self, metadata: Mapping[object, object]) -> str | None:
         path: FieldPath = ("metadata", "name")
@@ -500,6 +548,8 @@ class _FileCollector:
         self.secrets: list[PullSecret] = []
         self.invalid_secrets: list[ObjectKey] = []
         self.first_secret_line: dict[ObjectKey, int] = {}
+        self.config_secrets: list[ConfigSecret] = []
+        self.invalid_config_secrets: list[ObjectKey] = []
 
     def add(
         self, value: object, locate: Locator, issues: Sequence[Issue], prefix: FieldPath
@@ -552,8 +602,8 @@ class _FileCollector:
                 Problem(
                     self.path,
                     line,
-                    f"duplicate WasmPlugin {key}: already defined on line {self.first_line[key]};"
-                    " this definition is ignored",
+                    f"duplicate {key.described}: already defined on line"
+                    f" {self.first_line[key]}; this definition is ignored",
                 )
             )
             return
@@ -565,7 +615,7 @@ class _FileCollector:
             self.invalid.append(key)
 
     def add_secret(self, value: Mapping[object, object], where: Locator, line: int) -> bool:
-        """Collect an image pull secret; False when ``value`` is not one."""
+        """Collect an image pull secret or an Opaque Secret; False when ``value`` is neither."""
         parsed = parse_secret(
             value,
             source=self.path,
@@ -573,8 +623,35 @@ class _FileCollector:
             locate=where,
             default_namespace=self.default_namespace,
         )
+        opaque = None
         if parsed is None:
+            opaque = parse_config_secret(
+                value,
+                source=self.path,
+                line=line,
+                locate=where,
+                default_namespace=self.default_namespace,
+            )
+        first = parsed if parsed is not None else opaque
+        if first is None:
             return False
+        if not self.first_secret(first, line):
+            return True
+        if opaque is not None:
+            if opaque.secret is not None:
+                self.config_secrets.append(opaque.secret)
+            elif opaque.key is not None:
+                self.invalid_config_secrets.append(opaque.key)
+            return True
+        assert parsed is not None
+        if parsed.secret is not None:
+            self.secrets.append(parsed.secret)
+        elif parsed.key is not None:
+            self.invalid_secrets.append(parsed.key)
+        return True
+
+    def first_secret(self, parsed: ParsedSecret | ParsedConfigSecret, line: int) -> bool:
+        """Note the Secret's problems; False when it is a duplicate (reported, ignored)."""
         self.problems.extend(parsed.problems)
         key = parsed.key
         if key is not None and key in self.first_secret_line:
@@ -586,13 +663,9 @@ class _FileCollector:
                     f" {self.first_secret_line[key]}; this definition is ignored",
                 )
             )
-            return True
+            return False
         if key is not None:
             self.first_secret_line[key] = line
-        if parsed.secret is not None:
-            self.secrets.append(parsed.secret)
-        elif key is not None:
-            self.invalid_secrets.append(key)
         return True
 
     def result(self) -> ParsedFile:
@@ -605,6 +678,8 @@ class _FileCollector:
             object_lines=tuple(self.first_line.items()),
             secrets=tuple(self.secrets),
             invalid_secrets=tuple(self.invalid_secrets),
+            config_secrets=tuple(self.config_secrets),
+            invalid_config_secrets=tuple(self.invalid_config_secrets),
         )
 
 

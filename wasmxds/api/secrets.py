@@ -5,7 +5,9 @@ A WasmPlugin's ``imagePullSecret`` names a Secret in the plugin's namespace
 plugins as ordinary Kubernetes YAML, with the Docker config base64-encoded
 under ``data`` or in plain text under ``stringData`` (``stringData`` wins, as
 the API server merges it). Secrets of every other type are not ours and are
-skipped without a word, so a directory can hold a whole namespace's manifests.
+skipped here (``Opaque`` ones, which plugin configuration takes values from,
+are :mod:`wasmxds.api.configsecrets`'), so a directory can hold a whole
+namespace's manifests.
 
 A :class:`PullSecret` never shows its credentials: its ``repr`` names the
 object and where it came from, and problems name the field, not the value.
@@ -27,17 +29,19 @@ from wasmxds.api.validate import dns1123_label_error, dns1123_subdomain_error
 __all__ = [
     "DOCKER_CONFIG_JSON_KEY",
     "PULL_SECRET_TYPE",
+    "SECRET_FIELDS",
     "ParsedSecret",
     "PullSecret",
     "is_secret",
     "parse_secret",
+    "secret_key",
 ]
 
 PULL_SECRET_TYPE = "kubernetes.io/dockerconfigjson"
 DOCKER_CONFIG_JSON_KEY = ".dockerconfigjson"
 # Reports one problem at a field path.
 _Error = Callable[[FieldPath, str], None]
-_TOP_LEVEL = frozenset(
+SECRET_FIELDS = frozenset(
     {"apiVersion", "kind", "metadata", "type", "data", "stringData", "immutable"}
 )
 
@@ -88,9 +92,9 @@ def parse_secret(
         issues.append(Issue(path, locate(path), message))
 
     for name in value:
-        if name not in _TOP_LEVEL:
+        if name not in SECRET_FIELDS:
             error((str(name),), "unknown field for a Secret")
-    key = _key(value.get("metadata"), default_namespace, error)
+    key = secret_key(value.get("metadata"), default_namespace, error)
     raw = _payload(value, error)
     config: DockerConfig | None = None
     if raw is not None:
@@ -110,7 +114,8 @@ def parse_secret(
     return ParsedSecret(secret, key, problems)
 
 
-def _key(metadata: object, default_namespace: str, error: _Error) -> ObjectKey | None:
+def secret_key(metadata: object, default_namespace: str, error: _Error) -> ObjectKey | None:
+    """A Secret's namespace/name (the namespace defaults); None, reported, when invalid."""
     if not isinstance(metadata, Mapping):
         error(("metadata",), "required: metadata.name names the Secret")
         return None

@@ -13,6 +13,8 @@ know about it::
         namespaces: [edge]
         matchLabels: {app: gateway}
       listener: {...}             # an envoy.config.listener.v3.Listener, as in Envoy's YAML
+      anchors:                    # optional: roles of filters their type does not tell
+        authz: [lua-policy]       # custom, authn, authz or stats -> filter names
 
 ``kind: ClusterTemplate`` has ``spec.nodes`` and ``spec.cluster`` (an
 ``envoy.config.cluster.v3.Cluster``). The Envoy part is parsed strictly with
@@ -22,6 +24,7 @@ its line instead of being sent to proxies.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import hashlib
 import re
@@ -30,6 +33,9 @@ from dataclasses import dataclass, field
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from google.protobuf import json_format, message
 
 from wasmxds.api.convert import FieldPath, LineTable, format_path, suggest
@@ -40,6 +46,7 @@ from wasmxds.api.objects import Origin, Problem
 from wasmxds.api.yamlload import YamlSyntaxError, load_documents
 
 __all__ = [
+    "ANCHOR_ROLES",
     "TEMPLATE_API_VERSION",
     "ClusterTemplate",
     "Direction",
@@ -52,6 +59,8 @@ __all__ = [
 
 TEMPLATE_API_VERSION = "wasmxds.io/v1alpha1"
 _KINDS = ("ListenerTemplate", "ClusterTemplate")
+ANCHOR_ROLES = ("custom", "authn", "authz", "stats")
+"""What ``spec.anchors`` may call a filter (see :mod:`wasmxds.translate.anchors`)."""
 
 
 class Direction(enum.StrEnum):
@@ -90,6 +99,8 @@ class ListenerTemplate:
     listener: listener_pb2.Listener
     origin: Origin
     fingerprint: str
+    anchors: Mapping[str, str] = field(default_factory=dict)
+    """Filter name → anchor role, from ``spec.anchors``."""
 
     @property
     def port(self) -> int:
@@ -240,6 +251,53 @@ def _check_listener(reader: _Reader, at: FieldPath, listener: listener_pb2.Liste
             reader.error((*at, "filter_chains", index, "filters"), "a filter chain needs filters")
 
 
+def _filter_names(listener: listener_pb2.Listener) -> set[str]:
+    """Every network and HTTP filter name in the listener's chains."""
+    chains = [*listener.filter_chains]
+    if listener.HasField("default_filter_chain"):
+        chains.append(listener.default_filter_chain)
+    names: set[str] = set()
+    for chain in chains:
+        for network_filter in chain.filters:
+            names.add(network_filter.name)
+            if network_filter.typed_config.Is(hcm_pb2.HttpConnectionManager.DESCRIPTOR):
+                hcm = hcm_pb2.HttpConnectionManager()
+                network_filter.typed_config.Unpack(hcm)
+                names.update(f.name for f in hcm.http_filters)
+    return names
+
+
+def _anchors(reader: _Reader, value: object, listener: listener_pb2.Listener) -> dict[str, str]:
+    """``spec.anchors`` as filter name → role; every name must be a filter of the listener."""
+    at: FieldPath = ("spec", "anchors")
+    roles = reader.mapping(value, at, ANCHOR_ROLES)
+    known = _filter_names(listener)
+    marks: dict[str, str] = {}
+    for role in ANCHOR_ROLES:
+        names = roles.get(role)
+        if names is None:
+            continue
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            reader.error((*at, role), "expected a list of filter names")
+            continue
+        for index, name in enumerate(names):
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = (
+                    f'did you mean "{close[0]}"?'
+                    if close
+                    else "filters: " + ", ".join(sorted(known))
+                )
+                reader.error(
+                    (*at, role, index),
+                    f"{name!r} is not the name of a filter in spec.listener (anchors mark the"
+                    f" template's own filters by name); {hint}",
+                )
+            elif marks.setdefault(name, role) != role:
+                reader.error((*at, role, index), f"{name!r} is already marked {marks[name]}")
+    return marks
+
+
 def _parse_document(
     value: object, lines: LineTable, path: str, start: int
 ) -> tuple[ListenerTemplate | ClusterTemplate | None, list[Problem]]:
@@ -265,7 +323,9 @@ def _parse_document(
     origin = Origin(path, start)
     digest = hashlib.sha256(canonical_json(value).encode()).hexdigest()
     if kind == "ListenerTemplate":
-        spec = reader.mapping(top.get("spec"), ("spec",), ("direction", "nodes", "listener"))
+        spec = reader.mapping(
+            top.get("spec"), ("spec",), ("direction", "nodes", "listener", "anchors")
+        )
         raw_direction = spec.get("direction", "GATEWAY")
         try:
             direction = Direction(str(raw_direction))
@@ -277,9 +337,10 @@ def _parse_document(
         listener = listener_pb2.Listener()
         if reader.envoy(spec.get("listener"), ("spec", "listener"), listener):
             _check_listener(reader, ("spec", "listener"), listener)
+        anchors = _anchors(reader, spec.get("anchors"), listener)
         if reader.problems:
             return None, reader.problems
-        return ListenerTemplate(name, direction, nodes, listener, origin, digest), []
+        return ListenerTemplate(name, direction, nodes, listener, origin, digest, anchors), []
     spec = reader.mapping(top.get("spec"), ("spec",), ("nodes", "cluster"))
     nodes = reader.nodes(spec.get("nodes"), ("spec", "nodes"))
     cluster = cluster_pb2.Cluster()

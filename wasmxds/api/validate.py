@@ -26,9 +26,12 @@ from google.protobuf import struct_pb2
 
 from wasmxds.api.convert import NO_LINES, FieldPath, Issue, Locator
 from wasmxds.api.gourl import GoURL, GoURLError, strict_parse_url
+from wasmxds.api.keys import parse_verification_key
 from wasmxds.api.moduleurl import module_scheme
 from wasmxds.api.objects import Severity
 from wasmxds.api.proto import selector_pb2, wasm_pb2
+from wasmxds.api.pullsecretref import pull_secret_ref
+from wasmxds.errors import KeyFormatError
 
 __all__ = [
     "CHECKS",
@@ -500,16 +503,33 @@ def _image_pull_secret_length(subject: Subject) -> Iterator[Finding]:
         yield Finding(path, f"must be 1 to 253 characters long (got {len(value)})")
 
 
-@_check("image-pull-secret-name", "beyond Istio: imagePullSecret is a valid Secret name")
+@_check(
+    "image-pull-secret-name",
+    "beyond Istio: imagePullSecret names a valid Secret (`name`, `ns/name`, `kubernetes://name`"
+    " or `kubernetes://ns/name`, as istiod reads it)",
+)
 def _image_pull_secret_name(subject: Subject) -> Iterator[Finding]:
     value = subject.spec.image_pull_secret
     if not 1 <= len(value) <= 253:
         return
-    reason = dns1123_subdomain_error(value)
-    if reason:
+    path = (*SPEC, "imagePullSecret")
+    ref = pull_secret_ref(value)
+    if ref.unusable:
+        yield Finding(path, f"names no Secret: {ref.unusable}")
+        return
+    if not ref.name:
         yield Finding(
-            (*SPEC, "imagePullSecret"),
-            f"not a valid Secret name, so no such Secret can exist: {reason}",
+            path,
+            "names no Secret (builtin://): Istio pulls this module as if imagePullSecret were"
+            " unset, and so does wasmxds",
+            Severity.WARNING,
+        )
+        return
+    reason = dns1123_subdomain_error(ref.name)
+    if reason:
+        shown = "" if ref.name == value else f" {ref.name!r}"
+        yield Finding(
+            path, f"not a valid Secret name{shown}, so no such Secret can exist: {reason}"
         )
 
 
@@ -521,14 +541,28 @@ def _plugin_name_length(subject: Subject) -> Iterator[Finding]:
         yield Finding(path, f"must be 1 to 256 characters long (got {len(value)})")
 
 
-@_check("verification-key", "warning: verificationKey is not implemented (Istio ignores it too)")
+@_check(
+    "verification-key",
+    "beyond Istio: verificationKey is one PEM public key (ECDSA P-256, RSA or Ed25519)"
+    " and the url is oci:// (Istio ignores the field)",
+)
 def _verification_key(subject: Subject) -> Iterator[Finding]:
     path = (*SPEC, "verificationKey")
-    if subject.written(path, subject.spec.verification_key):
+    text = subject.spec.verification_key
+    if not subject.written(path, text):
+        return
+    source = ".".join(map(str, path))
+    try:
+        parse_verification_key(text, source=source)
+    except KeyFormatError as exc:
+        yield Finding(path, str(exc).removeprefix(f"{source}: "))
+        return
+    scheme = module_scheme(subject.spec.url) if subject.spec.url else "oci"
+    if scheme != "oci":
         yield Finding(
             path,
-            "is not implemented (Istio ignores it too); the module's signature is not verified",
-            Severity.WARNING,
+            f"needs an oci:// module: signatures are looked up in the registry, and a"
+            f" {scheme}:// module cannot be verified, so it would never be served",
         )
 
 

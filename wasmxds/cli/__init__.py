@@ -6,11 +6,21 @@ import argparse
 from collections.abc import Sequence
 
 from wasmxds import __version__
-from wasmxds.cli import bootstrap, migrate, pull, push, serve, status, validate
+from wasmxds.cli import (
+    bootstrap,
+    migrate,
+    pull,
+    push,
+    rollouts,
+    serve,
+    status,
+    validate,
+    verify,
+)
 
 __all__ = ["main"]
 
-_COMMANDS = (serve, validate, migrate, bootstrap, pull, push, status)
+_COMMANDS = (serve, validate, migrate, bootstrap, pull, push, verify, status, rollouts)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,10 +50,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     node.add_argument(
         "--namespace",
-        default="default",
         metavar="NS",
-        help="the proxy's namespace: it sees WasmPlugins of this and the root namespace "
-        "(default %(default)s)",
+        help="the proxy's namespace: it sees WasmPlugins of this and the root namespace (default:"
+        " none written; wasmxds then takes it from the proxy's client certificate under"
+        " `--node-identity certificate`, and uses `default` otherwise)",
     )
     node.add_argument(
         "--label",
@@ -93,6 +93,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     conn.add_argument("--tls-key", type=Path, metavar="FILE", help="client key for mutual TLS")
     conn.add_argument("--tls-sni", default="", metavar="NAME", help="server name to ask for")
     conn.add_argument(
+        "--tls-server-san",
+        default="",
+        metavar="SAN",
+        help="the SAN wasmxds's certificate must carry: a SPIFFE ID (URI SAN), an IP address or"
+        " a DNS name (default: --tls-sni if given, else the host of --xds-address); a"
+        " certificate from the CA without it is refused",
+    )
+    conn.add_argument(
         "--modules-address",
         metavar="HOST:PORT",
         help="wasmxds's admin address: adds the wasmxds_modules cluster that "
@@ -115,6 +123,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     conn.add_argument(
         "--modules-tls-sni", default="", metavar="NAME", help="server name module downloads ask for"
+    )
+    conn.add_argument(
+        "--modules-tls-server-san",
+        default="",
+        metavar="SAN",
+        help="the SAN wasmxds's admin certificate must carry (default: --modules-tls-sni if given,"
+        " else the host of --modules-address)",
     )
     ecds = parser.add_argument_group("ecds mode")
     ecds.add_argument(
@@ -145,6 +160,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="how long Envoy waits for a filter at start-up (default %(default)s; 0s = forever)",
     )
     parser.add_argument(
+        "--stats-sink",
+        action="store_true",
+        help="stream Envoy's stats to wasmxds's metrics service on the xDS port (every 5s):"
+        " the proxy health staged rollouts check",
+    )
+    parser.add_argument(
         "-o", "--output", type=Path, metavar="FILE", help="write here instead of stdout"
     )
     parser.set_defaults(run=run)
@@ -162,7 +183,15 @@ def options_from_args(args: argparse.Namespace) -> BootstrapOptions:
     if any(f is not None for f in client_cert) and (None in client_cert or args.tls_ca is None):
         raise SettingsError("mutual TLS needs --tls-ca, --tls-cert and --tls-key together")
     if args.tls_ca is not None:
-        tls = TlsOptions(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, sni=args.tls_sni)
+        tls = TlsOptions(
+            ca=args.tls_ca,
+            cert=args.tls_cert,
+            key=args.tls_key,
+            sni=args.tls_sni,
+            server_san=args.tls_server_san,
+        )
+    elif args.tls_server_san:
+        raise SettingsError("--tls-server-san needs --tls-ca (it is checked over TLS only)")
     modules_tls = _modules_tls(args)
     mode = Mode(args.mode)
     if mode is Mode.ECDS and not args.filter:
@@ -185,13 +214,18 @@ def options_from_args(args: argparse.Namespace) -> BootstrapOptions:
         tls=tls,
         modules=parse_host_port(args.modules_address) if args.modules_address else None,
         modules_tls=modules_tls,
+        stats_sink=args.stats_sink,
     )
 
 
 def _modules_tls(args: argparse.Namespace) -> TlsOptions | None:
     """TLS for the wasmxds_modules cluster, checked like the xDS cluster's."""
     client_cert = (args.modules_tls_cert, args.modules_tls_key)
-    given = args.modules_tls_ca is not None or any(f is not None for f in client_cert)
+    given = (
+        args.modules_tls_ca is not None
+        or any(f is not None for f in client_cert)
+        or bool(args.modules_tls_server_san)
+    )
     if given and not args.modules_address:
         raise SettingsError("--modules-tls-* options need --modules-address")
     if any(f is not None for f in client_cert) and (
@@ -202,12 +236,17 @@ def _modules_tls(args: argparse.Namespace) -> TlsOptions | None:
             " --modules-tls-key together"
         )
     if args.modules_tls_ca is None:
+        if args.modules_tls_server_san:
+            raise SettingsError(
+                "--modules-tls-server-san needs --modules-tls-ca (it is checked over TLS only)"
+            )
         return None
     return TlsOptions(
         ca=args.modules_tls_ca,
         cert=args.modules_tls_cert,
         key=args.modules_tls_key,
         sni=args.modules_tls_sni,
+        server_san=args.modules_tls_server_san,
     )
 
 

@@ -3,7 +3,10 @@
 The modules go through the server's own pieces (the module resolver, the HTTP
 and OCI fetchers, the content-addressed store) into a temporary cache that is
 deleted afterwards, so a module that passes here passes the same checks in
-``serve``: reachable, within the size limit, Wasm, and matching ``sha256``.
+``serve``: reachable, within the size limit, Wasm, matching ``sha256``, and
+passing the pre-flight check (a module Envoy's proxy-wasm host could not run
+is a problem; one whose callbacks do not match the plugin's ``spec.type`` is a
+warning). ``file://`` modules are paths on the proxies and are not checked.
 Each plugin whose module fails becomes a problem at the plugin's
 ``path:line``, for CI to refuse a commit before it lands. Within one fetch the
 fetchers retry as in ``serve`` (a dropped connection or a server error, say),
@@ -24,7 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wasmxds.api.objects import ObjectKey, Problem, WasmPlugin
+from wasmxds.api.objects import ObjectKey, Problem, Severity, WasmPlugin
+from wasmxds.api.proto import wasm_pb2
 from wasmxds.api.secrets import PullSecret
 from wasmxds.backoff import Backoff
 from wasmxds.errors import (
@@ -37,11 +41,13 @@ from wasmxds.errors import (
 from wasmxds.modules.http import HttpFetcher
 from wasmxds.modules.index import ModuleIndex
 from wasmxds.modules.oci.fetcher import DEFAULT_OCI_SETTINGS, OciFetcher
+from wasmxds.modules.preflight import Preflight
+from wasmxds.modules.proxyabi import plugin_type_warning
 from wasmxds.modules.resolver import ModuleResolver
 from wasmxds.modules.secrets import PullSecrets
 from wasmxds.modules.settings import FetcherSettings
 from wasmxds.modules.store import ModuleStore
-from wasmxds.modules.types import Failed, ModuleOutcome, ModuleRequest, Pending
+from wasmxds.modules.types import Failed, Module, ModuleOutcome, ModuleRequest, Pending
 from wasmxds.reconcile import module_request
 
 __all__ = ["FetchOptions", "check_modules"]
@@ -69,6 +75,9 @@ def _field(error: ModuleError) -> str:
 
 
 def _problem(plugin: WasmPlugin, message: str) -> Problem:
+    if plugin.key.kind and message.startswith("spec."):
+        # A TrafficExtension keeps its module fields under spec.wasm.
+        message = "spec.wasm." + message.removeprefix("spec.")
     return Problem(plugin.origin.path, plugin.origin.line, message)
 
 
@@ -96,6 +105,7 @@ async def check_modules(
     options: FetchOptions,
 ) -> list[Problem]:
     """Fetch and verify each plugin's module; one problem per plugin whose module fails."""
+    plugins = [plugin for plugin in plugins if plugin.lua is None]  # Lua has no module
     if not plugins:
         return []
     settings = options.fetch
@@ -105,6 +115,7 @@ async def check_modules(
         store = ModuleStore(Path(cache))
         index = ModuleIndex()
         pull_secrets = PullSecrets(secrets)
+        preflight = Preflight()
         async with HttpFetcher(store=store, settings=settings) as http:
             oci = OciFetcher(
                 store=store,
@@ -120,6 +131,7 @@ async def check_modules(
                 max_parallel=options.max_parallel,
                 index=index,
                 pull_secrets=pull_secrets,
+                preflight=preflight,
             )
             running = asyncio.create_task(resolver.run(), name="validate fetches")
             try:
@@ -131,6 +143,7 @@ async def check_modules(
                 with contextlib.suppress(asyncio.CancelledError):
                     await running
                 await oci.aclose()
+                preflight.close()
     problems = []
     for plugin, request, outcome in zip(plugins, requests, outcomes, strict=True):
         if isinstance(outcome, Failed):
@@ -144,4 +157,12 @@ async def check_modules(
                     f" {options.timeout:g}s (--fetch-timeout sets how long to wait)",
                 )
             )
+        elif isinstance(outcome.module, Module):
+            abi = outcome.module.abi
+            kind = "NETWORK" if plugin.spec.type == wasm_pb2.NETWORK else "HTTP"
+            warning = plugin_type_warning(kind, abi) if abi is not None else ""
+            if warning:
+                problems.append(
+                    Problem(plugin.origin.path, plugin.origin.line, warning, Severity.WARNING)
+                )
     return problems

@@ -1,4 +1,6 @@
-"""``wasmxds migrate FILE...``: Maistra ServiceMeshExtensions rewritten as WasmPlugins.
+"""``wasmxds migrate FILE...``: Maistra ServiceMeshExtensions rewritten as WasmPlugins,
+or (``--to trafficextension``) those and WasmPlugins rewritten as Istio 1.30
+TrafficExtensions (:mod:`wasmxds.cli.totrafficextension`).
 
 The conversion is :func:`wasmxds.maistra.servicemeshextension.convert_extension`,
 the one the directory source uses to serve old manifests, so what ``migrate``
@@ -18,10 +20,19 @@ from typing import Any
 
 import yaml
 
-from wasmxds.api.convert import FieldPath, Issue, Locator, prefixed
-from wasmxds.api.objects import DEFAULT_NAMESPACE, ObjectKey, Problem, Severity
+from wasmxds.api.convert import NO_LINES, FieldPath, Issue, Locator, format_path, prefixed
+from wasmxds.api.objects import (
+    API_VERSION,
+    DEFAULT_NAMESPACE,
+    KIND,
+    TRAFFIC_EXTENSION_KIND,
+    ObjectKey,
+    Problem,
+    Severity,
+)
 from wasmxds.api.parse import parse_object
 from wasmxds.api.yamlload import YamlSyntaxError, load_documents
+from wasmxds.cli.totrafficextension import to_traffic_extension
 from wasmxds.cli.validate import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, STDIN, _collect, _plural
 from wasmxds.log import configure_logging
 from wasmxds.maistra.servicemeshextension import (
@@ -66,6 +77,17 @@ field mapping:
 Where the meaning changes a warning says how: the Post* phases share a
 WasmPlugin phase with the next Pre* phase, PostStats has no equivalent, and a
 missing phase or priority used to come from the image's manifest.yaml.
+
+--to trafficextension prints Istio 1.30 TrafficExtensions instead: every
+WasmPlugin (and every ServiceMeshExtension, by way of its WasmPlugin) becomes
+the TrafficExtension of the same namespace/name, its module fields under
+spec.wasm; the deprecated targetRef becomes targetRefs[0] (warned). wasmxds
+serves a TrafficExtension as <ns>.<name>, like the WasmPlugin, so Envoy's
+filter references stay; once applied, the TrafficExtension supersedes the
+WasmPlugin of its name (a warning until that is deleted; see
+docs/trafficextension.md).
+
+  wasmxds migrate --to trafficextension plugins/ > extensions.yaml
 """
 
 _EPILOG = """\
@@ -108,6 +130,15 @@ def register(subparsers: Any) -> None:
         help="a file, a directory (searched recursively) or - for standard input",
     )
     parser.add_argument(
+        "--to",
+        choices=(_TO_WASMPLUGIN, _TO_EXTENSION),
+        default=_TO_WASMPLUGIN,
+        help=(
+            "what to write: WasmPlugins (default: ServiceMeshExtensions are converted), or"
+            " TrafficExtensions (WasmPlugins and ServiceMeshExtensions are converted)"
+        ),
+    )
+    parser.add_argument(
         "--keep-other",
         action="store_true",
         help=(
@@ -125,9 +156,14 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
+_TO_WASMPLUGIN, _TO_EXTENSION = "wasmplugin", "trafficextension"
+
+
 @dataclass
 class _Run:
     keep_other: bool
+    to: str = _TO_WASMPLUGIN
+    from_maistra: int = 0
     documents: list[object] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     files: int = 0
@@ -167,7 +203,14 @@ class _Run:
             for issue in issues
             if issue.path[:depth] == prefix
         ]
-        if not (isinstance(value, Mapping) and is_extension(value)):
+        maistra = isinstance(value, Mapping) and is_extension(value)
+        wasmplugin = (
+            self.to == _TO_EXTENSION
+            and isinstance(value, Mapping)
+            and value.get("kind") == KIND
+            and value.get("apiVersion") == API_VERSION
+        )
+        if not (maistra or wasmplugin):
             if self.keep_other:
                 self.documents.append(value)
                 # What JSON cannot hold (a key read as a boolean...) was dropped on reading.
@@ -178,15 +221,22 @@ class _Run:
             return
         self.found += 1
         where = prefixed(locate, prefix)
-        converted, problems = convert_extension(
-            value,
-            check=parse_object,
-            path=path,
-            locate=where,
-            default_namespace=DEFAULT_NAMESPACE,
-            issues=own_issues,
-        )
-        self.problems.extend(problems)
+        assert isinstance(value, Mapping)
+        converted: dict[str, object] | None
+        if maistra:
+            converted, problems = convert_extension(
+                value,
+                check=parse_object,
+                path=path,
+                locate=where,
+                default_namespace=DEFAULT_NAMESPACE,
+                issues=own_issues,
+            )
+            self.problems.extend(problems)
+        else:
+            converted = self.checked(value, path, where, own_issues)
+        if converted is not None and self.to == _TO_EXTENSION:
+            converted = self.extension(converted, path, where if wasmplugin else None)
         if converted is not None:
             key = key_of(converted, DEFAULT_NAMESPACE)
             line = where(())
@@ -204,9 +254,49 @@ class _Run:
                 self.first[key] = f"{path}:{line}"
         if converted is not None:
             self.converted += 1
+            self.from_maistra += maistra
             self.documents.append(converted)
         elif self.keep_other:
             self.documents.append(value)
+
+    def checked(
+        self, value: Mapping[object, object], path: str, where: Locator, issues: list[Issue]
+    ) -> dict[str, object] | None:
+        """A WasmPlugin to rewrite, if it is valid (its problems are reported)."""
+        parsed = parse_object(
+            value,
+            source=path,
+            line=where(()),
+            locate=where,
+            default_namespace=DEFAULT_NAMESPACE,
+            issues=issues,
+            source_limits=None,
+        )
+        assert parsed is not None  # a WasmPlugin by its kind and apiVersion
+        self.problems.extend(parsed.problems)
+        return {str(k): v for k, v in value.items()} if parsed.plugin is not None else None
+
+    def extension(
+        self, plugin: Mapping[str, object], path: str, where: Locator | None
+    ) -> dict[str, object] | None:
+        """``plugin`` as a TrafficExtension, checked; ``where`` locates the WasmPlugin's
+        fields (None: it was converted from another object, whose start is the line)."""
+        rewritten = to_traffic_extension(plugin)
+        line: Locator = where if where is not None else NO_LINES
+        for field_path, note in rewritten.notes:
+            self.problems.append(
+                Problem(
+                    path, line(field_path), f"{format_path(field_path)}: {note}", Severity.WARNING
+                )
+            )
+        parsed = parse_object(rewritten.value, source=path, line=line(()), source_limits=None)
+        if parsed is None or parsed.plugin is None:
+            self.problems.extend(
+                Problem(p.path, p.line, f"as a {TRAFFIC_EXTENSION_KIND}: {p.message}", p.severity)
+                for p in (parsed.problems if parsed is not None else ())
+            )
+            return None
+        return rewritten.value
 
     def count(self, *, errors: bool) -> int:
         return sum(1 for problem in self.problems if problem.is_error == errors)
@@ -220,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
         for path in missing:
             print(f"wasmxds migrate: error: {path}: no such file or directory", file=sys.stderr)
         return EXIT_USAGE
-    state = _Run(keep_other=args.keep_other)
+    state = _Run(keep_other=args.keep_other, to=args.to)
     for path in _collect(args.paths):
         if path == STDIN:
             state.read("<stdin>", sys.stdin.read())
@@ -242,17 +332,19 @@ def run(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
     errors, warnings = state.count(errors=True), state.count(errors=False)
     if not args.quiet:
-        if state.converted:
+        if state.from_maistra:
             for note in _NOTES:
                 print(f"note: {note}", file=sys.stderr)
+        what = EXTENSION_KIND if state.to == _TO_WASMPLUGIN else f"{KIND} or {EXTENSION_KIND}"
         if not state.found:
             print(
-                f"wasmxds migrate: no {EXTENSION_KIND} found in {_plural(state.files, 'file')}",
+                f"wasmxds migrate: no {what} found in {_plural(state.files, 'file')}",
                 file=sys.stderr,
             )
+        counted = EXTENSION_KIND if state.to == _TO_WASMPLUGIN else "object"
         print(
             f"{_plural(state.files, 'file')},"
-            f" {state.converted} of {_plural(state.found, EXTENSION_KIND)} converted,"
+            f" {state.converted} of {_plural(state.found, counted)} converted,"
             f" {_plural(errors, 'error')}, {_plural(warnings, 'warning')}",
             file=sys.stderr,
         )

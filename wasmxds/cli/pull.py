@@ -68,7 +68,7 @@ async def _pull(args: argparse.Namespace) -> Fetched:
     ref = parse_reference(url)
     store = ModuleStore(args.cache_dir.absolute())
     index = await asyncio.to_thread(ModuleIndex.load, store.root / INDEX_FILE)
-    credentials = await asyncio.to_thread(credentials_for, args, ref)
+    credentials = await credentials_for(args, ref)
     fetcher = OciFetcher(store=store, index=index, settings=fetch_settings(args))
     try:
         fetched = await fetcher.pull(

@@ -13,6 +13,7 @@ from typing import Any
 
 from wasmxds.flags import add_flags, values
 from wasmxds.settings import (
+    CREDENTIAL_HELPERS,
     FETCH_LIMITS,
     INSECURE_REGISTRIES,
     MAX_MODULE_SIZE,
@@ -21,8 +22,8 @@ from wasmxds.settings import (
 
 __all__ = ["FETCH_FLAGS", "add_registry_arguments", "fetch_values", "registry_settings"]
 
-FETCH_FLAGS = (INSECURE_REGISTRIES, REGISTRY_CA, MAX_MODULE_SIZE, *FETCH_LIMITS)
-"""What a fetch needs besides the module's URL: hosts, trust, size and time limits."""
+FETCH_FLAGS = (INSECURE_REGISTRIES, REGISTRY_CA, CREDENTIAL_HELPERS, MAX_MODULE_SIZE, *FETCH_LIMITS)
+"""What a fetch needs besides the module's URL: hosts, trust, credentials, size and time limits."""
 
 
 def add_registry_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

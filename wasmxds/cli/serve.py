@@ -16,6 +16,7 @@ from wasmxds.errors import SettingsError
 from wasmxds.flags import add_groups, values
 from wasmxds.log import configure_logging
 from wasmxds.settings import GROUPS, ModuleDelivery, ServeSettings
+from wasmxds.xds.identity import parse_identity_pattern
 
 __all__ = ["register"]
 
@@ -45,11 +46,26 @@ def check_node_identity(given: dict[str, Any]) -> None:
     certificate = given["node_identity"] == "certificate" or (
         given["node_identity"] is None and given["client_ca"] is not None
     )
-    if given["trust_domains"] and not certificate:
+    if given["trust_domains"] and not certificate and given["admin_client_ca"] is None:
         raise SettingsError(
-            "--trust-domain restricts the client certificates that prove a node's namespace;"
-            " it needs --client-ca and --node-identity certificate (the default with --client-ca)"
+            "--trust-domain restricts the client certificates that prove a namespace; it needs"
+            " --client-ca and --node-identity certificate (the default with --client-ca), or"
+            " --admin-client-ca"
         )
+    if given["debug_identities"] and given["admin_client_ca"] is None:
+        raise SettingsError(
+            "--debug-identity names client certificates that may read the debug pages; it needs"
+            " --admin-client-ca (with --admin-tls-cert and --admin-tls-key) so that the admin"
+            " port can verify them"
+        )
+    for text in sorted(given["debug_identities"]):
+        domain = parse_identity_pattern(text).trust_domain
+        if given["trust_domains"] and domain not in given["trust_domains"]:
+            raise SettingsError(
+                f"--debug-identity {text}: its trust domain {domain!r} is not one --trust-domain"
+                f" accepts ({', '.join(sorted(given['trust_domains']))}), so no certificate could"
+                " match it"
+            )
 
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:

@@ -1,33 +1,26 @@
 """``wasmxds status`` and ``wasmxds plugins``: what a running wasmxds is doing, as tables.
 
 Both read the admin server's debug endpoints, like ``istioctl proxy-status``
-reads istiod's; ``-o json`` prints the endpoint's JSON unchanged.
+reads istiod's; ``-o json`` prints the endpoint's JSON unchanged. An admin port
+served over TLS (``serve --admin-tls-cert``) is read over HTTPS, with a client
+certificate when it asks for one (``--admin-client-ca``): off loopback that is
+what opens its debug pages.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
-from collections.abc import Sequence
 from typing import Any
 
-import httpx
-
-from wasmxds.settings import ADMIN_ADDRESS
+from wasmxds.cli.adminclient import add_admin_options, print_json, request, table
 
 __all__ = ["register"]
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--admin-address",
-        # The address `wasmxds serve` listens on unless told otherwise.
-        default=ADMIN_ADDRESS.default,
-        metavar="HOST:PORT",
-        help="the admin address of the wasmxds to ask (default %(default)s)",
-    )
+    add_admin_options(parser)
     parser.add_argument(
         "-o", "--output", choices=("table", "json"), default="table", help="(default %(default)s)"
     )
@@ -61,49 +54,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     plugins.set_defaults(run=run_plugins)
 
 
-def _fetch(args: argparse.Namespace, path: str) -> Any:
-    address = args.admin_address
-    url = f"http://{address}{path}"
-    elsewhere = (
-        "point this command at the right one with --admin-address HOST:PORT"
-        " (the --admin-address that `wasmxds serve` was started with)"
-    )
-    try:
-        response = httpx.get(url, timeout=10)
-        response.raise_for_status()
-        return response.json()
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        raise SystemExit(
-            f"wasmxds: no wasmxds answers at admin address {address} ({exc}); is"
-            f" `wasmxds serve` running? If it is, {elsewhere}"
-        ) from exc
-    except ValueError as exc:  # an answer, but not the JSON a wasmxds admin server sends
-        raise SystemExit(
-            f"wasmxds: {url} did not answer like a wasmxds admin server ({exc}); {elsewhere}"
-        ) from exc
-    except httpx.HTTPStatusError as exc:
-        raise SystemExit(
-            f"wasmxds: cannot read {url}: {exc}; if no wasmxds admin server is there, {elsewhere}"
-        ) from exc
-    except httpx.HTTPError as exc:
-        raise SystemExit(f"wasmxds: cannot read {url}: {exc}") from exc
-
-
-def _print_json(data: Any) -> int:
-    json.dump(data, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return 0
-
-
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in rows
-    ]
-    return "\n".join(line.rstrip() for line in lines) + "\n"
-
-
 def _age(iso: str) -> str:
     since = datetime.datetime.fromisoformat(iso)
     seconds = int((datetime.datetime.now(datetime.UTC) - since).total_seconds())
@@ -121,9 +71,9 @@ def _type_cell(types: dict[str, Any], name: str) -> str:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    proxies = _fetch(args, "/debug/syncz")
+    proxies = request(args, "/debug/syncz")
     if args.output == "json":
-        return _print_json(proxies)
+        return print_json(proxies)
     if not proxies:
         print("no proxies connected")
         return 0
@@ -144,7 +94,7 @@ def run_status(args: argparse.Namespace) -> int:
                 proxy["peer"],
             ]
         )
-    sys.stdout.write(_table(rows))
+    sys.stdout.write(table(rows))
     nacked = [p for p in proxies for t in p["types"].values() if t["state"] == "NACKED"]
     for proxy in nacked:
         for name, state in proxy["types"].items():
@@ -163,9 +113,9 @@ def _size(size: int | None) -> str:
 
 
 def run_plugins(args: argparse.Namespace) -> int:
-    plugins = _fetch(args, "/debug/plugins")
+    plugins = request(args, "/debug/plugins")
     if args.output == "json":
-        return _print_json(plugins)
+        return print_json(plugins)
     if not plugins:
         print("no WasmPlugins")
         return 0
@@ -189,7 +139,7 @@ def run_plugins(args: argparse.Namespace) -> int:
                 plugin["source"],
             ]
         )
-    sys.stdout.write(_table(rows))
+    sys.stdout.write(table(rows))
     for plugin in plugins:
         print_why(plugin)
     return 0

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from wasmxds.api.files import iter_config_files
-from wasmxds.api.objects import DEFAULT_NAMESPACE, ObjectKey, Problem
+from wasmxds.api.objects import DEFAULT_NAMESPACE, ObjectKey, Problem, WasmPlugin
 from wasmxds.api.parse import ParsedFile, parse_file, parse_text
+from wasmxds.api.trafficextension import supersede
 from wasmxds.cli.fetchcheck import FetchOptions, check_modules
 from wasmxds.cli.registry import add_registry_arguments, fetch_values
 from wasmxds.errors import SettingsError
@@ -168,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         report.files.append(parsed)
         report.problems.extend(parsed.problems)
     report.problems.extend(_duplicates(report.files))
+    report.problems.extend(_superseded(report.files))
     if args.fetch:
         try:
             options = _fetch_options(args)
@@ -279,6 +281,20 @@ def _duplicates(files: list[ParsedFile]) -> list[Problem]:
             else:
                 first[key] = f"{parsed.path}:{line}"
     return problems
+
+
+def _superseded(files: list[ParsedFile]) -> list[Problem]:
+    """Warn about each WasmPlugin a TrafficExtension of the same namespace/name supersedes.
+
+    The server's rule (:func:`wasmxds.api.trafficextension.supersede`), on the
+    first definition of each object, as the server would serve it.
+    """
+    plugins: dict[ObjectKey, WasmPlugin] = {}
+    for parsed in files:
+        for plugin in parsed.plugins:
+            plugins.setdefault(plugin.key, plugin)
+    _, superseded = supersede(plugins)
+    return list(superseded.values())
 
 
 def _plural(count: int, noun: str) -> str:

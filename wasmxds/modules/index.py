@@ -2,14 +2,30 @@
 
 ``<cache>/index.json`` records
 
-- **refs**: a request's (URL, sha256, pull secret) → the module digest it last
-  resolved to, with the manifest digest and layout for OCI. Keys are a hash of
-  the URL, so signed query strings and userinfo never reach the disk; a
-  redacted URL is kept beside each entry for people reading the file;
-- **manifests**: OCI manifest (or index) digest → module digest and layout. Manifests are
-  content-addressed, so this never goes stale, and it lets a pull skip the
-  layer download when only a tag moved to a known image;
-- **modules**: module digest → size and last use (wall-clock seconds).
+- **refs**: a request's (URL, sha256, pull secret, signature requirement) → the
+  module digest it last resolved to, with the manifest digest and layout for
+  OCI. Keys are a hash of the URL, so signed query strings and userinfo never
+  reach the disk; a redacted URL is kept beside each entry for people reading
+  the file. The pull secret is named (namespace/name), never its content, and
+  the requirement is a list of public-key fingerprints;
+- **manifests**: OCI manifest (or index) digest → module digest, layout, and the
+  repositories (``host/repository``) it was pulled from with its layers.
+  Manifests are content-addressed, so this never goes stale, and it lets a pull
+  skip the layer download when only a tag moved to a known image. Only in a
+  repository it was pulled from: a manifest is not a secret (anyone who knows
+  the module's digest and size can write one), so a registry that merely
+  answers with the right manifest bytes has not shown it holds the module
+  (entries written before this was recorded name no repository: their next use
+  downloads the layers once);
+- **modules**: module digest → size and last use (wall-clock seconds);
+- **pulls**: module digest → who pulled it: the credentials' origin (a pull
+  secret's namespace/name, or ``server`` for the server's own docker config)
+  and the signature requirement it was verified under. A request with the same
+  origin and requirement may use the module without asking the registry again;
+  any other is re-authorised (:mod:`wasmxds.modules.access`);
+- **checks**: module digest → the pre-flight check's verdict (what the module
+  implements of the proxy-wasm ABI, or why Envoy could not run it), with the
+  rules version that gave it, so a restart does not check every module again.
 
 With it a restarted server serves every module it knew while the registry is
 down: ``IfNotPresent`` requests resolve from the index, and ``Always`` falls
@@ -35,7 +51,7 @@ from typing import Any
 import structlog
 
 from wasmxds.modules.store import is_digest
-from wasmxds.modules.types import redact_url
+from wasmxds.modules.types import PREFLIGHT_RULES, ModuleAbi, Verdict, redact_url
 from wasmxds.statefile import StateFile
 
 __all__ = ["INDEX_FILE", "ModuleIndex", "RefRecord"]
@@ -47,6 +63,10 @@ _VERSION = 1
 # Last use is recorded at most this often per module: precision far below the
 # expiry (hours) is worthless, and every change is a rewrite of the file.
 _TOUCH_GRANULARITY = 60.0
+# Who pulled one module: a few namespaces' secrets at most in practice; bounded anyway.
+_MAX_PULLERS = 64
+# Repositories one manifest was pulled from (mirrors, promotions): a few; bounded anyway.
+_MAX_SOURCES = 64
 
 
 @dataclass(slots=True)
@@ -66,8 +86,11 @@ class _ModuleRecord:
     last_used: float
 
 
-def ref_key(url: str, sha256: str, secret: str = "") -> str:
-    return hashlib.sha256(f"{url}\n{sha256.strip().lower()}\n{secret}".encode()).hexdigest()
+def ref_key(url: str, sha256: str, secret: str = "", requirement: str = "") -> str:
+    # Without a requirement the key is what it was before requirements existed.
+    tail = f"\n{requirement}" if requirement else ""
+    text = f"{url}\n{sha256.strip().lower()}\n{secret}{tail}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class ModuleIndex:
@@ -77,7 +100,11 @@ class ModuleIndex:
         self._clock = clock
         self._refs: dict[str, RefRecord] = {}
         self._manifests: dict[str, tuple[str, str]] = {}
+        # Manifest digest → the host/repository names it was pulled from, layers and all.
+        self._sources: dict[str, set[str]] = {}
         self._modules: dict[str, _ModuleRecord] = {}
+        self._pulls: dict[str, set[str]] = {}
+        self._checks: dict[str, Verdict] = {}
         # Not secret, but it names every module URL the operator uses: owner only.
         # Encoding thousands of entries takes a while: done with the write, off the loop.
         self._file = StateFile(
@@ -133,6 +160,10 @@ class ModuleIndex:
             layout = value.get("layout", "") if isinstance(value, dict) else None
             if is_digest(key) and isinstance(module, str) and is_digest(module):
                 self._manifests[key] = (module, str(layout))
+                # Absent from indexes written before it was recorded: pulled in full once more.
+                sources = value.get("pulled_from", [])
+                if isinstance(sources, list) and sources:
+                    self._sources[key] = {str(item) for item in sources[:_MAX_SOURCES]}
             else:
                 skipped += 1
         for key, value in document["refs"].items():
@@ -144,14 +175,52 @@ class ModuleIndex:
                 self._refs[key] = record
             else:
                 skipped += 1
+        # Absent from indexes written before access checks: their modules are re-authorised.
+        for key, value in document.get("pulls", {}).items():
+            if is_digest(key) and isinstance(value, list):
+                self._pulls[key] = {str(item) for item in value[:_MAX_PULLERS]}
+            else:
+                skipped += 1
+        # Absent from indexes written before pre-flight checks: those modules are checked.
+        for key, value in document.get("checks", {}).items():
+            verdict = _verdict(value)
+            if is_digest(key) and verdict is not None:
+                self._checks[key] = verdict
+            else:
+                skipped += 1
         if skipped:
             log.warning("modules.index_entries_skipped", path=str(self.path), count=skipped)
             self._file.dirty = True
 
     # ------------------------------------------------------------- queries
 
-    def ref(self, url: str, sha256: str, secret: str = "") -> RefRecord | None:
-        return self._refs.get(ref_key(url, sha256, secret))
+    def ref(
+        self, url: str, sha256: str, secret: str = "", requirement: str = ""
+    ) -> RefRecord | None:
+        return self._refs.get(ref_key(url, sha256, secret, requirement))
+
+    def pulled_by(self, module_digest: str, puller: str) -> bool:
+        """Whether ``puller`` (credentials origin and requirement) pulled this module."""
+        return puller in self._pulls.get(module_digest, ())
+
+    def verdict(self, module_digest: str) -> Verdict | None:
+        """The pre-flight verdict for this module under today's rules, if it was checked."""
+        verdict = self._checks.get(module_digest)
+        return verdict if verdict is not None and verdict.rules == PREFLIGHT_RULES else None
+
+    def manifests_of(self, module_digest: str, source: str, limit: int = 4) -> tuple[str, ...]:
+        """Up to ``limit`` manifest (or index) digests known to hold the module that were
+        pulled from ``source`` (``host/repository``); never those of other repositories."""
+        found = [
+            key
+            for key, (module, _) in self._manifests.items()
+            if module == module_digest and source in self._sources.get(key, ())
+        ]
+        return tuple(sorted(found)[:limit])
+
+    def pulled_from(self, manifest_digest: str, source: str) -> bool:
+        """Whether this manifest (and its layers) was pulled from ``source`` (``host/repo``)."""
+        return source in self._sources.get(manifest_digest, ())
 
     def manifest_module(self, manifest_digest: str) -> str | None:
         found = self._manifests.get(manifest_digest)
@@ -188,23 +257,53 @@ class ModuleIndex:
         secret: str = "",
         manifest: str = "",
         layout: str = "",
+        requirement: str = "",
+        puller: str = "",
     ) -> None:
-        """``url`` (with ``sha256`` and ``secret``) resolved to module ``digest`` just now."""
+        """``url`` (with ``sha256``, ``secret`` and ``requirement``) resolved to module
+        ``digest`` just now, pulled by ``puller`` (see :meth:`pulled_by`)."""
         now = self._clock()
-        self._refs[ref_key(url, sha256, secret)] = RefRecord(
+        if puller:
+            pullers = self._pulls.setdefault(digest, set())
+            if puller not in pullers and len(pullers) < _MAX_PULLERS:
+                pullers.add(puller)
+        self._refs[ref_key(url, sha256, secret, requirement)] = RefRecord(
             digest=digest, manifest=manifest, layout=layout, fetched_at=now, url=redact_url(url)
         )
         self._modules[digest] = _ModuleRecord(size, now)
         self._file.dirty = True
 
     def record_manifest(
-        self, manifest_digest: str, module_digest: str, size: int, layout: str = ""
+        self,
+        manifest_digest: str,
+        module_digest: str,
+        size: int,
+        layout: str = "",
+        *,
+        source: str = "",
     ) -> None:
+        """``manifest_digest`` holds module ``module_digest``; with ``source``
+        (``host/repository``): its layers were just downloaded from there."""
         if self._manifests.get(manifest_digest) != (module_digest, layout):
             self._manifests[manifest_digest] = (module_digest, layout)
             self._file.dirty = True
+        if source:
+            sources = self._sources.setdefault(manifest_digest, set())
+            if source not in sources and len(sources) < _MAX_SOURCES:
+                sources.add(source)
+                self._file.dirty = True
         if module_digest not in self._modules:
             self._modules[module_digest] = _ModuleRecord(size, self._clock())
+            self._file.dirty = True
+
+    def record_verdict(self, digest: str, size: int, verdict: Verdict) -> None:
+        """Remember the pre-flight check's verdict for module ``digest``."""
+        if self._checks.get(digest) != verdict:
+            self._checks[digest] = verdict
+            self._file.dirty = True
+        if digest not in self._modules:
+            # Known to the purge even if no ref ever points at it (a refused module).
+            self._modules[digest] = _ModuleRecord(size, self._clock())
             self._file.dirty = True
 
     def touch(self, digests: Iterable[tuple[str, int]]) -> None:
@@ -222,10 +321,13 @@ class ModuleIndex:
     def forget(self, digest: str) -> None:
         """Drop a module that left the disk, and every ref and manifest pointing at it."""
         self._modules.pop(digest, None)
+        self._pulls.pop(digest, None)
+        self._checks.pop(digest, None)
         for key in [k for k, ref in self._refs.items() if ref.digest == digest]:
             del self._refs[key]
         for key in [k for k, (module, _) in self._manifests.items() if module == digest]:
             del self._manifests[key]
+            self._sources.pop(key, None)
         self._file.dirty = True
 
     # ------------------------------------------------------------- saving
@@ -238,12 +340,15 @@ class ModuleIndex:
             "refs": dict(self._refs),
             "manifests": {
                 key: {"module": module, "layout": layout}
+                | ({"pulled_from": sorted(self._sources[key])} if key in self._sources else {})
                 for key, (module, layout) in self._manifests.items()
             },
             "modules": {
                 key: {"size": record.size, "last_used": record.last_used}
                 for key, record in self._modules.items()
             },
+            "pulls": {key: sorted(pullers) for key, pullers in self._pulls.items()},
+            "checks": {key: _verdict_document(v) for key, v in self._checks.items()},
         }
 
     def dumps(self) -> bytes:
@@ -261,3 +366,25 @@ class ModuleIndex:
 def _encode(document: dict[str, Any]) -> bytes:
     plain = {**document, "refs": {key: asdict(ref) for key, ref in document["refs"].items()}}
     return json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _verdict_document(verdict: Verdict) -> dict[str, Any]:
+    document: dict[str, Any] = {"rules": verdict.rules}
+    if verdict.abi is None:
+        document["problem"] = verdict.problem
+    else:
+        document |= {"abi": verdict.abi.version, "callbacks": list(verdict.abi.callbacks)}
+    return document
+
+
+def _verdict(value: Any) -> Verdict | None:
+    """A persisted verdict, or None when it is not one."""
+    if not isinstance(value, dict) or not isinstance(value.get("rules"), int):
+        return None
+    if isinstance(value.get("problem"), str) and value["problem"]:
+        return Verdict(None, value["problem"], rules=value["rules"])
+    callbacks = value.get("callbacks")
+    if not isinstance(value.get("abi"), str) or not isinstance(callbacks, list):
+        return None
+    abi = ModuleAbi(value["abi"], tuple(str(name) for name in callbacks))
+    return Verdict(abi, rules=value["rules"])

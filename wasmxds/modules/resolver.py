@@ -24,33 +24,64 @@ URL) that names a known *manifest* is a hit too. A request naming an image
 pull secret that does not exist fails at once (Istio: "missing image pulling
 secret"), and when the secret appears or changes, failed fetches that use it
 start over immediately instead of waiting out their backoff.
+
+Beyond Istio, a digest is not a key to the cache: a hit is served only to
+credentials that pulled the module, or that the registry accepted for it
+recently; any other request is re-authorised against its own registry first
+(:mod:`wasmxds.modules.access`). A refusal (``module_access_denied``) is a
+failed fetch like any other. Under a signature requirement every hit, IfNotPresent
+reuse included, is served at once only when its signature was checked within
+the access TTL; otherwise it is checked again first (one manifest and one
+signature request; an earlier Ready keeps being served meanwhile). A request that must be signed
+(``ModuleRequest.verify``) is refused at once unless it is OCI: nothing else
+can carry a signature.
+
+Before a fetched module becomes ``Ready`` it passes the pre-flight check, when
+one is given (``preflight``, :mod:`wasmxds.modules.preflight`): a module Envoy
+could not load fails like a fetch (``module_incompatible``) and is never
+served. The verdict is kept per module digest in the index, so a module is
+checked once; a cached module that was never checked (an index from before the
+check) is checked before it is served. ``file://`` modules are paths on the
+proxy and cannot be checked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import structlog
 
-from wasmxds.api.moduleurl import OCI_PREFIX
 from wasmxds.backoff import Backoff
 from wasmxds.errors import (
     FetchError,
     MissingPullSecretError,
+    ModuleAccessDeniedError,
     ModuleError,
+    ModuleIncompatibleError,
+    SignatureInvalidError,
     UnsupportedSchemeError,
 )
 from wasmxds.metrics import Metrics
+from wasmxds.modules.access import (
+    DEFAULT_ACCESS_TTL,
+    ModuleAccess,
+    find_hit,
+    pinned_digest,
+    puller,
+    with_manifests,
+)
 from wasmxds.modules.index import ModuleIndex
 from wasmxds.modules.secrets import PullSecrets
 from wasmxds.modules.slots import PullSlots, SlotTakenBack
-from wasmxds.modules.store import ModuleStore, is_digest
+from wasmxds.modules.store import ModuleStore
 from wasmxds.modules.types import (
+    CacheHit,
     Failed,
     Fetched,
     LocalFile,
@@ -60,16 +91,29 @@ from wasmxds.modules.types import (
     Pending,
     PullPolicy,
     Ready,
+    Verdict,
 )
 
-__all__ = ["Fetcher", "ModuleResolver", "pinned_digest"]
+__all__ = [
+    "DEFAULT_ACCESS_TTL",
+    "Checker",
+    "Fetcher",
+    "ModuleResolver",
+    "PreflightCheck",
+    "pinned_digest",
+]
 
 log = structlog.get_logger(__name__)
 
 _FILE_PREFIX = "file://"
-_PINNED = "@sha256:"
+# Verdicts about this request, not trouble reaching the module: an earlier copy is
+# not served in their place (the reconciler's last good version still is).
+_REFUSALS = (ModuleAccessDeniedError, SignatureInvalidError)
 
 CacheKey = tuple[str, ...]
+# The pre-flight check: the verdict on a stored module (raises ModuleError when it cannot
+# give one, e.g. it timed out).
+PreflightCheck = Callable[[Module], Awaitable[Verdict]]
 
 
 class Fetcher(Protocol):
@@ -82,6 +126,19 @@ class Fetcher(Protocol):
     async def fetch(self, request: ModuleRequest) -> bytes | Fetched: ...
 
 
+@runtime_checkable
+class Checker(Protocol):
+    """A fetcher that can re-authorise a cache hit without downloading it (OCI).
+
+    ``check`` asks the request's own registry, with the request's credentials,
+    for a manifest that holds ``hit.module`` (and verifies its signature when the
+    request needs one); it returns the hit as :class:`Fetched` or raises
+    :class:`~wasmxds.errors.ModuleAccessDeniedError` (or another ModuleError).
+    """
+
+    async def check(self, request: ModuleRequest, hit: CacheHit) -> Fetched: ...
+
+
 class _Entry:
     """The resolver's bookkeeping for one cache key."""
 
@@ -89,10 +146,12 @@ class _Entry:
         "attempts",
         "fetched_at",
         "fetching",
+        "hit",
         "outcome",
         "request",
         "secret_version",
         "task",
+        "vet",
     )
 
     def __init__(
@@ -107,6 +166,10 @@ class _Entry:
         self.secret_version = secret_version
         # When the last successful fetch finished (for --repull-interval).
         self.fetched_at: float | None = None
+        # Set when the work is re-authorising a cache hit rather than fetching.
+        self.hit: CacheHit | None = None
+        # Set when the work is only checking a cached module that was never checked.
+        self.vet: Module | None = None
 
 
 class ModuleResolver:
@@ -133,6 +196,8 @@ class ModuleResolver:
         pull_secrets: PullSecrets | None = None,
         on_fetched: Callable[[Module], None] | None = None,
         metrics: Metrics | None = None,
+        access_ttl: float = DEFAULT_ACCESS_TTL,
+        preflight: PreflightCheck | None = None,
     ) -> None:
         self._store = store
         self._fetchers = dict(fetchers)
@@ -146,8 +211,13 @@ class ModuleResolver:
         # (and restarts) so IfNotPresent reuse and Always fallbacks keep working.
         self.index = index if index is not None else ModuleIndex()
         self._secrets = pull_secrets
+        self._access = ModuleAccess(access_ttl, clock=clock)
         self._on_fetched = on_fetched
         self._metrics = metrics
+        # None: modules are served unchecked (--preflight off, and unit tests' fake modules).
+        self._preflight = preflight
+        # One check per digest at a time: concurrent fetches of the same bytes wait for it.
+        self._checking: dict[str, asyncio.Lock] = {}
         # Digests the current snapshot references (from retain); never purged.
         self._in_use: set[str] = set()
         self._queue: asyncio.Queue[CacheKey] = asyncio.Queue()
@@ -158,6 +228,12 @@ class ModuleResolver:
     def resolve(self, request: ModuleRequest) -> ModuleOutcome:
         """The module's outcome now; schedules a download when none is known. Never blocks."""
         key = request.cache_key
+        if request.verify and (
+            _scheme(request) != "oci" or not all(group.keys for group in request.verify)
+        ):
+            return self._record(
+                request, Failed(_unverifiable(request), attempts=1, next_retry_in=math.inf)
+            )
         if request.url.startswith(_FILE_PREFIX):
             # Istio passes file:// through untouched: the path is on the proxy, not here.
             return self._record(request, Ready(LocalFile(request.url.removeprefix(_FILE_PREFIX))))
@@ -175,36 +251,121 @@ class ModuleResolver:
                     url=request.display_url,
                 )
                 return self._record(request, Failed(error, attempts=1, next_retry_in=math.inf))
-        known = self._known_digest(request)
-        if known is not None:
-            return self._record(request, Ready(known))
         entry = self._entries.get(key)
         if entry is not None:
             settled = isinstance(entry.outcome, Ready) and entry.outcome.stale is None
-            if entry.secret_version == secret_version or settled:
-                entry.secret_version = secret_version
-                return entry.outcome
-            # The secret appeared or changed since this failed: start over now.
-            log.info(
-                "module.secret_changed", url=request.display_url, secret=str(request.pull_secret)
-            )
-            self._drop(key)
+            if entry.secret_version != secret_version and not settled:
+                # The secret appeared or changed since this failed: start over now.
+                log.info(
+                    "module.secret_changed",
+                    url=request.display_url,
+                    secret=str(request.pull_secret),
+                )
+                self._drop(key)
+                entry = None
+        hit = find_hit(request, self.index, self._store)
+        if hit is not None:
+            outcome = self._use_hit(request, hit, entry, secret_version)
+            if outcome is not None:
+                return outcome
+        if entry is not None:
+            entry.secret_version = secret_version
+            return entry.outcome
         if request.pull_policy is PullPolicy.IF_NOT_PRESENT:
             previous = self._previous(request)
             if previous is not None:
-                return self._record(request, Ready(previous))
+                # Under a signature requirement, reuse is a cache hit like any other: the
+                # signature is checked again once the last check is older than the TTL.
+                outcome = (
+                    self._use_hit(request, CacheHit(previous), None, secret_version)
+                    if request.verify
+                    else self._ready_if_checked(request, previous, None, secret_version)
+                )
+                if outcome is not None:
+                    return outcome
         if _scheme(request) not in self._fetchers:
             # Determined by configuration, not by the remote side: retrying cannot help.
             return self._record(
                 request,
                 Failed(_unsupported(request, self._fetchers), attempts=1, next_retry_in=math.inf),
             )
+        return self._schedule(request, secret_version).outcome
+
+    def _schedule(
+        self, request: ModuleRequest, secret_version: str | None, hit: CacheHit | None = None
+    ) -> _Entry:
         entry = _Entry(request, Pending(started_at=self._clock()), secret_version)
-        self._entries[key] = entry
-        self._queue.put_nowait(key)
+        entry.hit = hit
+        self._entries[request.cache_key] = entry
+        self._queue.put_nowait(request.cache_key)
         if self._metrics is not None:
             self._metrics.cache_lookups.labels("miss").inc()
+        return entry
+
+    def _use_hit(
+        self,
+        request: ModuleRequest,
+        hit: CacheHit,
+        entry: _Entry | None,
+        secret_version: str | None,
+    ) -> ModuleOutcome | None:
+        """The outcome for a request that names a cached module; None: fetch it as usual.
+
+        Served at once when the registry accepted these credentials for it (and,
+        under a signature requirement, the signature checked out) within the access
+        TTL, or, without a requirement, when these credentials pulled the module;
+        else the registry is asked in the background, and an earlier "yes" for
+        this request keeps being served meanwhile. A requirement is not met by
+        having pulled the module once: a signature can be removed since.
+        """
+        digest = hit.module.digest
+        if (
+            _scheme(request) != "oci"
+            or self._access.allowed(request, secret_version, digest)
+            or (not request.verify and self.index.pulled_by(digest, puller(request)))
+        ):
+            return self._ready_if_checked(request, hit.module, entry, secret_version)
+        if not isinstance(self._fetchers.get("oci"), Checker):
+            return None  # nothing can check without downloading: a fetch decides
+        hit = with_manifests(hit, self.index, request.url)
+        if entry is None:
+            log.info(
+                "module.access_check",
+                url=request.display_url,
+                digest=digest,
+                secret=str(request.pull_secret) if request.pull_secret else None,
+            )
+            return self._schedule(request, secret_version, hit).outcome
+        entry.secret_version = secret_version
+        if entry.task is None and isinstance(entry.outcome, Ready):
+            entry.hit = hit  # the last "yes" expired: ask again, serving meanwhile
+            self._queue.put_nowait(request.cache_key)
         return entry.outcome
+
+    def _ready_if_checked(
+        self,
+        request: ModuleRequest,
+        module: Module,
+        entry: _Entry | None,
+        secret_version: str | None,
+    ) -> ModuleOutcome | None:
+        """``Ready`` for a cached module that passed the pre-flight check (or when there is
+        none); Pending while one that was never checked is; None when it failed (fetched
+        as usual: the URL may name other bytes now, and a fetch of the same ones fails)."""
+        if self._preflight is None:
+            return self._record(request, Ready(module))
+        verdict = self.index.verdict(module.digest)
+        if verdict is None:
+            if entry is not None and entry.vet is not None and entry.vet.digest == module.digest:
+                return entry.outcome  # being checked
+            if entry is not None:
+                self._drop(request.cache_key)
+            scheduled = self._schedule(request, secret_version)
+            scheduled.vet = module
+            return scheduled.outcome
+        if verdict.abi is None:
+            return None
+        return self._record(request, Ready(dataclasses.replace(module, abi=verdict.abi)))
 
     def outcome(self, request: ModuleRequest) -> ModuleOutcome | None:
         """The recorded outcome for ``request``, without scheduling anything."""
@@ -301,60 +462,147 @@ class ModuleResolver:
 
     async def _work(self, entry: _Entry) -> None:
         request = entry.request
-        fetcher = self._fetchers[_scheme(request)]
-        host = _host(request)
         while True:
-            error: ModuleError
-            try:
-                async with self._slots.slot(host, retry=entry.attempts > 0) as ticket:
-                    started = self._clock()
-                    entry.fetching = True
-                    try:
-                        result = await fetcher.fetch(request)
-                        ticket.keep()  # downloaded: storing it is not stalling
-                        if isinstance(result, Fetched):
-                            fetched = result
-                        else:
-                            fetched = Fetched(await self._store.put(result))
-                    except ModuleError as exc:
-                        error = exc
-                    except Exception as exc:
-                        # A bug in a fetcher must not take every other download down with it.
-                        log.exception("module.fetch_crashed", url=request.display_url)
-                        error = FetchError(
-                            f"unexpected {type(exc).__name__} while fetching",
-                            url=request.display_url,
-                        )
-                    else:
-                        self._succeeded(entry, fetched, self._clock() - started)
-                        break
-                    finally:
-                        entry.fetching = False
-            except SlotTakenBack as exc:
-                # Cancelled for a first pull that waited; the backoff retries it later.
-                error = FetchError(str(exc), url=request.display_url)
-            delay = self._failed(entry, error)
+            started = self._clock()
+            checked_only = entry.vet is not None
+            fetched, error = await self._attempt(entry)
+            if fetched is not None:
+                try:
+                    module = await self._vet(fetched.module)
+                except ModuleError as exc:
+                    error = exc.about(request.display_url)
+                else:
+                    fetched = dataclasses.replace(fetched, module=module)
+                    self._succeeded(entry, fetched, self._clock() - started, checked_only)
+                    break
+            assert error is not None
+            previous = None if isinstance(error, _REFUSALS) else await self._fallback(request)
+            delay = self._failed(entry, error, previous)
+            # The next try fetches: the URL may name other bytes by then.
+            entry.vet = None
             await asyncio.sleep(delay)
         # Outside the slot: the index is local work, not a download.
         await self.index.flush()
 
-    def _succeeded(self, entry: _Entry, fetched: Fetched, duration: float) -> None:
+    async def _attempt(self, entry: _Entry) -> tuple[Fetched | None, ModuleError | None]:
+        """One download (or re-authorisation) in a pull slot: the module, or why not."""
+        request = entry.request
+        if entry.vet is not None:
+            return Fetched(entry.vet), None  # cached already: only the check is left
+        fetcher = self._fetchers[_scheme(request)]
+        try:
+            async with self._slots.slot(_host(request), retry=entry.attempts > 0) as ticket:
+                entry.fetching = True
+                try:
+                    result: bytes | Fetched
+                    if entry.hit is not None and isinstance(fetcher, Checker):
+                        result = await fetcher.check(request, entry.hit)
+                    else:
+                        result = await fetcher.fetch(request)
+                    ticket.keep()  # downloaded: storing it is not stalling
+                    if isinstance(result, Fetched):
+                        return result, None
+                    return Fetched(await self._store.put(result)), None
+                except ModuleError as exc:
+                    return None, exc
+                except Exception as exc:
+                    # A bug in a fetcher must not take every other download down with it.
+                    log.exception("module.fetch_crashed", url=request.display_url)
+                    return None, FetchError(
+                        f"unexpected {type(exc).__name__} while fetching",
+                        url=request.display_url,
+                    )
+                finally:
+                    entry.fetching = False
+        except SlotTakenBack as exc:
+            # Cancelled for a first pull that waited; the backoff retries it later.
+            return None, FetchError(str(exc), url=request.display_url)
+
+    async def _vet(self, module: Module) -> Module:
+        """``module`` with what it implements, once it passed the pre-flight check (checked
+        once per digest); raises ModuleIncompatibleError when Envoy could not run it."""
+        if self._preflight is None:
+            return module
+        lock = self._checking.setdefault(module.digest, asyncio.Lock())
+        try:
+            async with lock:
+                verdict = await self._verdict(module, self._preflight)
+        finally:
+            if not lock.locked():
+                self._checking.pop(module.digest, None)
+        if verdict.abi is None:
+            raise ModuleIncompatibleError(f"the module cannot run in Envoy: it {verdict.problem}")
+        return dataclasses.replace(module, abi=verdict.abi)
+
+    async def _verdict(self, module: Module, preflight: PreflightCheck) -> Verdict:
+        """The remembered verdict on ``module``, or a new one (remembered in the index)."""
+        verdict = self.index.verdict(module.digest)
+        if verdict is None:
+            started = self._clock()
+            try:
+                verdict = await preflight(module)
+            except ModuleError:
+                raise
+            except Exception as exc:
+                log.exception("module.preflight_crashed", digest=module.digest)
+                raise ModuleIncompatibleError(
+                    f"the pre-flight check failed unexpectedly ({type(exc).__name__});"
+                    " the module is not served until a check passes",
+                    retryable=True,
+                ) from exc
+            self.index.record_verdict(module.digest, module.size, verdict)
+            log.info(
+                "module.preflight",
+                digest=module.digest,
+                size=module.size,
+                duration_ms=round((self._clock() - started) * 1000, 1),
+                abi=verdict.abi.version if verdict.abi else None,
+                http=verdict.abi.http if verdict.abi else None,
+                network=verdict.abi.network if verdict.abi else None,
+                problem=verdict.problem or None,
+            )
+        return verdict
+
+    async def _fallback(self, request: ModuleRequest) -> Module | None:
+        """What this URL was last fetched as, if it is on disk and passes the check."""
+        previous = self._previous(request)
+        if previous is None:
+            return None
+        try:
+            return await self._vet(previous)
+        except ModuleError:
+            return None
+
+    def _succeeded(
+        self, entry: _Entry, fetched: Fetched, duration: float, checked_only: bool = False
+    ) -> None:
         request = entry.request
         module = fetched.module
-        self.index.record(
-            request.url,
-            request.sha256,
-            module.digest,
-            module.size,
-            secret=_secret(request),
-            manifest=fetched.manifest_digest,
-            layout=fetched.layout,
-        )
+        entry.vet = None
+        if checked_only:
+            # A cached module that was never checked: nothing was pulled or re-authorised.
+            entry.task = None
+            self._update(entry, Ready(module))
+            return
+        # Pulled or re-authorised (and the signature checked): asked again after the TTL.
+        self._access.grant(request, entry.secret_version, module.digest)
+        if entry.hit is None:
+            self.index.record(
+                request.url,
+                request.sha256,
+                module.digest,
+                module.size,
+                secret=_secret(request),
+                manifest=fetched.manifest_digest,
+                layout=fetched.layout,
+                requirement=request.requirement,
+                puller=puller(request),
+            )
         entry.attempts += 1
         entry.task = None
         entry.fetched_at = self._clock()
         log.info(
-            "module.fetched",
+            "module.access_granted" if entry.hit is not None else "module.fetched",
             url=request.display_url,
             digest=module.digest,
             size=module.size,
@@ -369,7 +617,7 @@ class ModuleResolver:
             self._metrics.module_fetches.labels("success", _scheme(request)).inc()
         self._update(entry, Ready(module))
 
-    def _failed(self, entry: _Entry, error: ModuleError) -> float:
+    def _failed(self, entry: _Entry, error: ModuleError, previous: Module | None) -> float:
         request = entry.request
         entry.attempts += 1
         delay = self._retry.delay(entry.attempts)
@@ -383,7 +631,6 @@ class ModuleResolver:
         )
         if self._metrics is not None:
             self._metrics.module_fetches.labels(error.reason, _scheme(request)).inc()
-        previous = self._previous(request)
         outcome: ModuleOutcome
         if previous is not None:
             # Keep serving what worked (a re-pull under Always); report the failure.
@@ -403,6 +650,10 @@ class ModuleResolver:
             self._entries[key] = _Entry(request, outcome)
             if self._metrics is not None and isinstance(outcome, Ready):
                 self._metrics.cache_lookups.labels("hit").inc()
+            if self._metrics is not None and isinstance(outcome, Failed):
+                # Decided without a download (a missing secret, a module that cannot be
+                # verified): counted once, as the failed fetch it stands for.
+                self._metrics.module_fetches.labels(outcome.error.reason, _scheme(request)).inc()
             return outcome
         if entry.task is not None:
             entry.task.cancel()
@@ -424,24 +675,9 @@ class ModuleResolver:
         except Exception:
             log.exception("module.on_change_failed")
 
-    def _known_digest(self, request: ModuleRequest) -> Module | None:
-        """A cached module the request pins by content: its sha256 names the module, or
-        (OCI) a manifest we fetched before; or the URL's ``@sha256:`` names such a manifest."""
-        candidates: list[str | None] = []
-        digest = request.sha256.strip().lower()
-        if is_digest(digest):
-            candidates += [digest, self.index.manifest_module(digest)]
-        pinned = pinned_digest(request.url)
-        if pinned:
-            candidates.append(self.index.manifest_module(pinned))
-        for candidate in candidates:
-            if candidate is not None and (module := self._store.get(candidate)) is not None:
-                return module
-        return None
-
     def _previous(self, request: ModuleRequest) -> Module | None:
         """The module this URL was last fetched as, if it is still on disk."""
-        ref = self.index.ref(request.url, request.sha256, _secret(request))
+        ref = self.index.ref(request.url, request.sha256, _secret(request), request.requirement)
         if ref is None:
             return None
         module = self._store.get(ref.digest)
@@ -453,14 +689,6 @@ class ModuleResolver:
 
 def _secret(request: ModuleRequest) -> str:
     return "" if request.pull_secret is None else str(request.pull_secret)
-
-
-def pinned_digest(url: str) -> str:
-    """The hex digest an ``oci://…@sha256:`` URL pins, or ""."""
-    if not url.startswith(OCI_PREFIX) or _PINNED not in url:
-        return ""
-    digest = url.rsplit(_PINNED, 1)[1].lower()
-    return digest if is_digest(digest) else ""
 
 
 def _host(request: ModuleRequest) -> str:
@@ -488,4 +716,23 @@ def _unsupported(request: ModuleRequest, fetchers: Mapping[str, Fetcher]) -> Uns
     return UnsupportedSchemeError(
         f"unsupported module URL scheme {scheme!r} (supported: {supported})",
         url=request.display_url,
+    )
+
+
+def _unverifiable(request: ModuleRequest) -> SignatureInvalidError:
+    for group in request.verify:
+        if not group.keys:
+            return SignatureInvalidError(
+                f"no key can verify the module: {group.source}",
+                url=request.display_url,
+                retryable=False,
+            )
+    scheme = _scheme(request)
+    sources = " and ".join(dict.fromkeys(group.source for group in request.verify))
+    return SignatureInvalidError(
+        f"a signed module is required ({sources}), but a {scheme}:// module cannot carry"
+        " a signature: signatures are looked up in an OCI registry; push the module to a"
+        " registry and sign it (`wasmxds push --sign KEY`, or `cosign sign --key`)",
+        url=request.display_url,
+        retryable=False,
     )

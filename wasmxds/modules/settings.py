@@ -28,7 +28,9 @@ class FetcherSettings:
     ``host`` (any port) or ``host:port`` entries, or ``*``, for which TLS is not
     verified. ``ca_file`` is trusted in addition to the system store, so private
     and public module hosts work side by side. ``blocked_cidrs`` extends the SSRF
-    guard (Istio's ``BLOCKED_CIDRS_IN_WASM_FETCH``).
+    guard (Istio's ``BLOCKED_CIDRS_IN_WASM_FETCH``). ``credential_helpers`` names
+    the ``docker-credential-<name>`` programs the server's docker config may
+    have run (``*`` for any); none by default.
 
     Progress rules, so a slow host lets go of its download slot long before
     ``total_timeout``: ``connect_timeout`` bounds resolving, connecting and the
@@ -52,6 +54,7 @@ class FetcherSettings:
     ca_file: Path | None = None
     insecure_hosts: frozenset[str] = frozenset()
     blocked_cidrs: tuple[str | IPNetwork, ...] = ()
+    credential_helpers: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.tries < 1:

@@ -12,19 +12,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from wasmxds.api.keys import VerificationKey
 from wasmxds.api.objects import ObjectKey
 from wasmxds.errors import ModuleError
 
 __all__ = [
+    "HTTP_CALLBACKS",
+    "NETWORK_CALLBACKS",
+    "PREFLIGHT_RULES",
+    "CacheHit",
     "Failed",
     "Fetched",
     "LocalFile",
     "Module",
+    "ModuleAbi",
     "ModuleOutcome",
     "ModuleRequest",
     "Pending",
     "PullPolicy",
     "Ready",
+    "TrustedKeys",
+    "Verdict",
     "redact_url",
 ]
 
@@ -34,6 +42,23 @@ class PullPolicy(enum.Enum):
 
     IF_NOT_PRESENT = "IfNotPresent"
     ALWAYS = "Always"
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedKeys:
+    """One signature requirement: the module must be signed by one of ``keys``.
+
+    ``source`` says where the keys were configured, for messages
+    (``--verification-key``, ``spec.verificationKey``).
+    """
+
+    keys: tuple[VerificationKey, ...]
+    source: str
+
+    @property
+    def fingerprint(self) -> str:
+        """The keys' fingerprints (public, safe to persist): equal for the same set of keys."""
+        return ",".join(sorted({key.fingerprint for key in self.keys}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +78,7 @@ class ModuleRequest:
     pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
     generation: str = ""
     pull_secret: ObjectKey | None = None
+    verify: tuple[TrustedKeys, ...] = ()
 
     @property
     def scheme(self) -> str:
@@ -63,14 +89,21 @@ class ModuleRequest:
         """Requests with the same key share one fetch and one outcome.
 
         The secret is part of the key: a plugin whose secret is missing or wrong
-        fails on its own instead of riding on another plugin's credentials (a
-        module pinned by a digest that is already cached is served to anyone who
-        names that digest, as in Istio).
+        fails on its own instead of riding on another plugin's credentials. So is
+        the signature requirement: a module verified for one set of keys says
+        nothing about another. (A module pinned by a digest that is already
+        cached is re-authorised with this request's credentials before it is
+        served: see :mod:`wasmxds.modules.access`.)
         """
         secret = "" if self.pull_secret is None else str(self.pull_secret)
         if self.pull_policy is PullPolicy.ALWAYS:
-            return (self.url, self.sha256, self.generation, secret)
-        return (self.url, self.sha256, secret)
+            return (self.url, self.sha256, self.generation, secret, self.requirement)
+        return (self.url, self.sha256, secret, self.requirement)
+
+    @property
+    def requirement(self) -> str:
+        """The signature requirement as one string of key fingerprints ("" for none)."""
+        return "|".join(sorted({group.fingerprint for group in self.verify}))
 
     @property
     def display_url(self) -> str:
@@ -78,13 +111,70 @@ class ModuleRequest:
         return redact_url(self.url)
 
 
+# Bump when the pre-flight rules change: verdicts an older wasmxds persisted are redone.
+PREFLIGHT_RULES = 1
+
+# The proxy-wasm callbacks Envoy calls for HTTP streams and for TCP connections
+# (proxy-wasm-cpp-host include/proxy-wasm/wasm.h, FOR_ALL_MODULE_FUNCTIONS).
+HTTP_CALLBACKS = frozenset(
+    f"proxy_on_{phase}_{part}"
+    for phase in ("request", "response")
+    for part in ("headers", "body", "trailers", "metadata")
+)
+NETWORK_CALLBACKS = frozenset(
+    {
+        "proxy_on_new_connection",
+        "proxy_on_downstream_data",
+        "proxy_on_upstream_data",
+        "proxy_on_downstream_connection_close",
+        "proxy_on_upstream_connection_close",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleAbi:
+    """What a module implements of the proxy-wasm ABI, as the pre-flight check read it.
+
+    ``version`` is the ABI it declares ("0.2.1"); ``callbacks`` the ``proxy_on_*``
+    functions it exports that Envoy calls. SDKs that export every callback (Rust,
+    Go) implement both kinds whatever the plugin does with them.
+    """
+
+    version: str
+    callbacks: tuple[str, ...] = ()
+
+    @property
+    def http(self) -> bool:
+        return not HTTP_CALLBACKS.isdisjoint(self.callbacks)
+
+    @property
+    def network(self) -> bool:
+        return not NETWORK_CALLBACKS.isdisjoint(self.callbacks)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The pre-flight check's answer for one module (by digest): what it implements
+    (``abi``), or why Envoy could not run it (``problem``, "" when it can)."""
+
+    abi: ModuleAbi | None
+    problem: str = ""
+    rules: int = PREFLIGHT_RULES
+
+
 @dataclass(frozen=True, slots=True)
 class Module:
-    """A verified Wasm binary in the content-addressed cache."""
+    """A verified Wasm binary in the content-addressed cache.
+
+    ``abi`` is what the pre-flight check found it implements (None when the check
+    is off or has not run); it is not part of the module's identity.
+    """
 
     digest: str
     path: Path
     size: int
+    abi: ModuleAbi | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +191,15 @@ class Fetched:
     manifest_digest: str = ""
     index_digest: str = ""
     layout: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHit:
+    """A cached module a request names by digest, and the OCI manifests (or indexes, hex)
+    known to hold it: what re-authorising the request against its registry may ask for."""
+
+    module: Module
+    manifests: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,23 @@ how many proxies run it::
       conditions:
       - type: Ready
         status: "True"            # "False" when unavailable or invalid, "Unknown" while fetching
-        reason: ModuleFetched     # ModuleUnavailable | Pending | Invalid
+        reason: ModuleFetched     # ModuleUnavailable | SignatureInvalid | ModuleAccessDenied
+                                  # | ModuleIncompatible
+                                  # | Pending | Invalid
+                                  # | SecretsNeedTLS | ConfigSecretMissing
+                                  # | ConfigSecretTooLarge | Superseded
 
 An edit whose module cannot be fetched is ``Ready=False`` with reason
 ``ModuleUnavailable``; its message says whether proxies keep the last good
 version or get the failStrategy stand-in (a plugin with no good version yet).
+Refusals have reasons of their own, so alerts can tell them from a
+registry outage: ``SignatureInvalid`` (no signature by a trusted key),
+``ModuleAccessDenied`` (the module is cached, but this plugin's credentials
+may not read it) and ``ModuleIncompatible`` (the pre-flight check found that
+Envoy could not run the module; the message names the export or import).
+A WasmPlugin that a TrafficExtension of the same namespace/name supersedes
+(:func:`wasmxds.api.trafficextension.supersede`) is not served: ``Ready=False``
+with reason ``Superseded``, the message saying which object and what to do.
         message: module fetched; running on 3 proxies
         observedGeneration: 4
         lastTransitionTime: "2025-01-01T00:00:00Z"
@@ -21,6 +33,12 @@ A patch is sent only when what the condition says changed (its time stamp is
 not a change), at most one pass every ``interval`` and ``max_rate`` patches a
 second, so proxies coming and going, or a burst of edits, cannot turn into a
 write storm. Conditions other than ``Ready`` (another controller's) are kept.
+
+A plugin in a staged rollout (:mod:`wasmxds.rollout`) also gets one rollout
+condition: ``RolloutProgressing`` (``True`` with reason ``Progressing`` or
+``Paused`` while it runs, ``False`` with reason ``Complete`` once every proxy
+has the new version) or ``RolledBack`` (``True``, reason ``Nack``, ``Health``
+or ``Abort``, the message saying why and which version is served again).
 Each replica counts its own proxies: with several replicas, the last writer
 wins, and each writes only when its own view changes.
 """
@@ -56,6 +74,13 @@ log = structlog.get_logger(__name__)
 CONDITION_TYPE = "Ready"
 # How much of the validation problems goes into a condition message.
 _MAX_MESSAGE = 1024
+# Failures whose condition reason is more precise than ModuleUnavailable.
+_UNAVAILABLE_REASONS = {
+    "signature_invalid": "SignatureInvalid",
+    "module_access_denied": "ModuleAccessDenied",
+    # The pre-flight check: the module cannot run in Envoy (which export or import is wrong).
+    "module_incompatible": "ModuleIncompatible",
+}
 
 
 class ModuleReadiness(enum.StrEnum):
@@ -80,10 +105,38 @@ class PluginReport:
     # For a module that nothing retries (fetched, but the delivery mode cannot carry
     # it): what the user has to do. Empty while the fetch is retried.
     action: str = ""
+    # The failed fetch's reason (``ModuleError.reason``), when there is one.
+    reason: str = ""
+    # Why its pluginConfig values from Secrets cannot be served ("plaintext": xDS is
+    # not TLS; "missing": a Secret or key not found); ``error`` says which. Empty when
+    # they can, or it has none.
+    config_refusal: str = ""
+    # The plugin's staged rollout, when it has one (a condition of its own).
+    rollout: RolloutCondition | None = None
+    # Why it is not served at all: a TrafficExtension of its name supersedes it.
+    superseded: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutCondition:
+    """A ``RolloutProgressing`` or ``RolledBack`` condition (see the module docstring)."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+
+
+ROLLOUT_CONDITION_TYPES = ("RolloutProgressing", "RolledBack")
 
 
 class StatusPatcher(Protocol):
     async def patch_status(self, key: ObjectKey, patch: Mapping[str, Any]) -> None: ...
+
+
+def _resource_plural(key: ObjectKey) -> str:
+    """The resource an object's status lives under."""
+    return "trafficextensions" if key.kind else "wasmplugins"
 
 
 def _plural(count: int) -> str:
@@ -104,12 +157,25 @@ def _condition(observed: ObservedObject, report: PluginReport | None) -> dict[st
         status, reason, message = "False", "Invalid", f"invalid{kept}: {details}"
     elif report is None:
         status, reason, message = "Unknown", "Pending", "not reconciled yet"
+    elif report.superseded:
+        status, reason, message = "False", "Superseded", report.superseded
+    elif report.config_refusal:
+        status = "False"
+        reason = {"plaintext": "SecretsNeedTLS", "too_large": "ConfigSecretTooLarge"}.get(
+            report.config_refusal, "ConfigSecretMissing"
+        )
+        fallback = (
+            f"{_verb(report.proxies, 'keep')} running the last good version"
+            if report.last_good
+            else f"{_verb(report.proxies, 'get')} the failStrategy stand-in"
+        )
+        message = f"{report.error}; {_plural(report.proxies)} {fallback}"
     elif report.state is ModuleReadiness.FETCHED:
         note = f" ({report.error})" if report.error else ""
         status, reason = "True", "ModuleFetched"
         message = f"module fetched{note}; running on {_plural(report.proxies)}"
     elif report.state is ModuleReadiness.UNAVAILABLE:
-        status, reason = "False", "ModuleUnavailable"
+        status, reason = "False", _UNAVAILABLE_REASONS.get(report.reason, "ModuleUnavailable")
         if report.last_good:
             fallback = (
                 f"{_verb(report.proxies, 'keep')} running the last good version (module and config)"
@@ -158,21 +224,52 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _current(status: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[Any]]:
-    """Our condition in ``status`` (if any), and everyone else's."""
+def _current(
+    status: Mapping[str, Any],
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[Any]]:
+    """Our Ready and rollout conditions in ``status`` (if any), and everyone else's."""
     conditions = status.get("conditions")
     ours: dict[str, Any] | None = None
+    rollout: dict[str, Any] | None = None
     others: list[Any] = []
     for condition in conditions if isinstance(conditions, list) else []:
         if isinstance(condition, dict) and condition.get("type") == CONDITION_TYPE:
             ours = condition
+        elif isinstance(condition, dict) and condition.get("type") in ROLLOUT_CONDITION_TYPES:
+            rollout = condition
         else:
             others.append(condition)
-    return ours, others
+    return ours, rollout, others
 
 
-def _signature(condition: Mapping[str, Any], proxies: object) -> tuple[object, ...]:
-    return (*(condition.get(k) for k in sorted(condition) if k != "lastTransitionTime"), proxies)
+def _fields(condition: Mapping[str, Any] | None) -> tuple[object, ...]:
+    if condition is None:
+        return ()
+    return tuple(condition.get(k) for k in sorted(condition) if k != "lastTransitionTime")
+
+
+def _signature(
+    condition: Mapping[str, Any], proxies: object, rollout: Mapping[str, Any] | None = None
+) -> tuple[object, ...]:
+    return (*_fields(condition), proxies, _fields(rollout))
+
+
+def _rollout_condition(
+    observed: ObservedObject, report: PluginReport | None
+) -> dict[str, Any] | None:
+    if report is None or report.rollout is None:
+        return None
+    rollout = report.rollout
+    message = rollout.message
+    if len(message) > _MAX_MESSAGE:
+        message = message[: _MAX_MESSAGE - 3] + "..."
+    return {
+        "type": rollout.type,
+        "status": rollout.status,
+        "reason": rollout.reason,
+        "message": message,
+        "observedGeneration": observed.generation,
+    }
 
 
 def desired_status(
@@ -181,22 +278,27 @@ def desired_status(
     """The merge patch for ``observed`` and a signature of what it says (no time stamp)."""
     condition = _condition(observed, report)
     proxies = _proxies(report)
-    signature = _signature(condition, proxies)
-    current, others = _current(observed.status)
-    if current is not None and current.get("status") == condition["status"]:
-        # Same truth value: the transition happened earlier; keep its time.
-        condition["lastTransitionTime"] = current.get("lastTransitionTime") or now()
-    else:
-        condition["lastTransitionTime"] = now()
-    patch = {"status": {"conditions": [*others, condition], "proxies": proxies}}
+    rollout = _rollout_condition(observed, report)
+    signature = _signature(condition, proxies, rollout)
+    current, current_rollout, others = _current(observed.status)
+    for new, old in ((condition, current), (rollout, current_rollout)):
+        if new is None:
+            continue
+        if old is not None and (old.get("type"), old.get("status")) == (new["type"], new["status"]):
+            # Same truth value: the transition happened earlier; keep its time.
+            new["lastTransitionTime"] = old.get("lastTransitionTime") or now()
+        else:
+            new["lastTransitionTime"] = now()
+    conditions = [*others, condition] if rollout is None else [*others, condition, rollout]
+    patch = {"status": {"conditions": conditions, "proxies": proxies}}
     return patch, signature
 
 
 def _stored_signature(observed: ObservedObject) -> tuple[object, ...] | None:
-    current, _ = _current(observed.status)
+    current, rollout, _ = _current(observed.status)
     if current is None:
         return None
-    return _signature(current, observed.status.get("proxies"))
+    return _signature(current, observed.status.get("proxies"), rollout)
 
 
 class StatusWriter:
@@ -282,7 +384,7 @@ class StatusWriter:
         if self._failing.get(key) != str(exc):
             self._failing[key] = str(exc)
             hint = (
-                " (--write-status needs RBAC to patch wasmplugins/status)"
+                f" (--write-status needs RBAC to patch {_resource_plural(key)}/status)"
                 if exc.status == 403
                 else ""
             )

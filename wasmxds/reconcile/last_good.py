@@ -59,6 +59,7 @@ def _encode_entry(saved: SavedGood) -> dict[str, Any]:
     return {
         "namespace": plugin.key.namespace,
         "name": plugin.key.name,
+        "kind": plugin.key.kind,
         "spec": base64.b64encode(plugin.spec.SerializeToString(deterministic=True)).decode(),
         "labels": dict(plugin.labels),
         "annotations": dict(plugin.annotations),
@@ -84,7 +85,7 @@ def _str_map(value: Any) -> dict[str, str]:
 def _decode_entry(name: str, value: Any) -> SavedGood:
     if not isinstance(value, dict):
         raise ValueError("entry is not an object")
-    key = ObjectKey(str(value["namespace"]), str(value["name"]))
+    key = ObjectKey(str(value["namespace"]), str(value["name"]), str(value.get("kind", "")))
     if key.resource_name != name:
         raise ValueError(f"entry for {key} filed under {name!r}")
     digest = str(value["module"])

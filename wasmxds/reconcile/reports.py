@@ -8,11 +8,12 @@ in listener mode is also how Envoy fetches every filter its listeners name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 
-from wasmxds.api.objects import ObjectKey
+from wasmxds.api.objects import ObjectKey, Problem
 from wasmxds.modules.types import Failed, Ready
-from wasmxds.reconcile.kubestatus import ModuleReadiness, PluginReport
+from wasmxds.reconcile.kubestatus import ModuleReadiness, PluginReport, RolloutCondition
 from wasmxds.reconcile.reconciler import PluginStatus, Serving
 from wasmxds.xds.resources import PreparedResource
 from wasmxds.xds.server import Session
@@ -39,6 +40,26 @@ def holders(resource: PreparedResource, sessions: Iterable[Session]) -> list[Ses
 
 
 def plugin_reports(
+    status: Mapping[ObjectKey, PluginStatus],
+    sessions: Iterable[Session],
+    snapshot: Snapshot,
+    rollout: Callable[[ObjectKey], RolloutCondition | None] = lambda key: None,
+    superseded: Mapping[ObjectKey, Problem] | None = None,
+) -> dict[ObjectKey, PluginReport]:
+    """``rollout``: a plugin's staged-rollout condition, if it has one; ``superseded``:
+    the WasmPlugins not served because a TrafficExtension of their name is, and why."""
+    reports = _module_reports(status, sessions, snapshot)
+    for key, problem in (superseded or {}).items():
+        # Not served, so no module stands for it: no module fetched, no proxy runs it.
+        reports[key] = PluginReport(ModuleReadiness.UNAVAILABLE, superseded=problem.message)
+    for key, report in reports.items():
+        condition = rollout(key)
+        if condition is not None:
+            reports[key] = dataclasses.replace(report, rollout=condition)
+    return reports
+
+
+def _module_reports(
     status: Mapping[ObjectKey, PluginStatus], sessions: Iterable[Session], snapshot: Snapshot
 ) -> dict[ObjectKey, PluginReport]:
     sessions = list(sessions)
@@ -49,7 +70,16 @@ def plugin_reports(
         outcome = entry.outcome
         last_good = entry.serving is Serving.LAST_GOOD
         standin = entry.serving is Serving.STANDIN
-        if isinstance(outcome, Ready) and entry.unavailable:
+        if entry.config is not None and entry.config.refusal is not None:
+            reports[key] = PluginReport(
+                ModuleReadiness.UNAVAILABLE,
+                entry.config.error,
+                proxies,
+                last_good=last_good,
+                standin=standin,
+                config_refusal=entry.config.refusal.value,
+            )
+        elif isinstance(outcome, Ready) and entry.unavailable:
             # Fetched, but not servable as it is (too large for inline delivery, the
             # only such case): no retry changes that, the user has to.
             reports[key] = PluginReport(
@@ -74,6 +104,7 @@ def plugin_reports(
                 proxies,
                 last_good=last_good,
                 standin=standin,
+                reason=outcome.error.reason,
             )
         else:
             reports[key] = PluginReport(

@@ -8,9 +8,10 @@ Per file, the source remembers the last good version of every object:
 - the same namespace/name in two files is an error that keeps the definition
   that was loaded first.
 
-Image pull secrets (``kubernetes.io/dockerconfigjson`` Secrets) in the same
-files follow the same rules, kept apart from plugins (a Secret and a
-WasmPlugin may share a namespace/name).
+Image pull secrets (``kubernetes.io/dockerconfigjson`` Secrets) and the
+``Opaque`` Secrets plugin configuration takes values from, in the same files,
+follow the same rules, kept apart from plugins (a Secret and a WasmPlugin may
+share a namespace/name).
 
 Following the files (editors' rename dance, deletes, new subdirectories,
 ConfigMap symlink swaps) is :class:`wasmxds.sources.watch.FileTree`'s job.
@@ -30,6 +31,7 @@ from typing import TypeVar
 
 import structlog
 
+from wasmxds.api.configsecrets import ConfigSecret
 from wasmxds.api.files import ConfigFileError
 from wasmxds.api.objects import ObjectKey, Problem, Severity, WasmPlugin
 from wasmxds.api.parse import parse_bytes, unreadable
@@ -42,7 +44,7 @@ __all__ = ["DirectorySource"]
 log = structlog.get_logger(__name__)
 
 
-_Kept = TypeVar("_Kept", WasmPlugin, PullSecret)
+_Kept = TypeVar("_Kept", WasmPlugin, PullSecret, ConfigSecret)
 
 
 @dataclass(slots=True)
@@ -51,6 +53,7 @@ class _FileRecord:
     plugins: dict[ObjectKey, WasmPlugin] = field(default_factory=dict)
     problems: tuple[Problem, ...] = ()
     secrets: dict[ObjectKey, PullSecret] = field(default_factory=dict)
+    config_secrets: dict[ObjectKey, ConfigSecret] = field(default_factory=dict)
 
 
 def _keep_last_good(
@@ -82,7 +85,8 @@ def _first_wins(
                 Problem(
                     str(path),
                     item.origin.line,
-                    f"{kind} {key} is already defined at {first.origin}; keeping that definition",
+                    f"{key if key.kind else f'{kind} {key}'} is already defined at"
+                    f" {first.origin}; keeping that definition",
                 )
             )
     return problems
@@ -140,9 +144,9 @@ class DirectorySource:
             record = self._files[path] = _FileRecord(seq=self._tree.arrival(path))
         problems = list(parsed.problems)
         if not parsed.syntax_ok:
-            if record.plugins or record.secrets:
+            if record.plugins or record.secrets or record.config_secrets:
                 line = next((p.line for p in parsed.problems if p.is_error), 1)
-                kept = len(record.plugins) + len(record.secrets)
+                kept = len(record.plugins) + len(record.secrets) + len(record.config_secrets)
                 problems.append(_kept_note(path, line, f"this file's {kept} object(s)"))
         else:
             plugins = {plugin.key: plugin for plugin in parsed.plugins}
@@ -153,13 +157,22 @@ class DirectorySource:
                 secrets, record.secrets, parsed.invalid_secrets, path, "Secret "
             )
             record.secrets = secrets
+            config_secrets = {secret.key: secret for secret in parsed.config_secrets}
+            problems += _keep_last_good(
+                config_secrets,
+                record.config_secrets,
+                parsed.invalid_config_secrets,
+                path,
+                "Secret ",
+            )
+            record.config_secrets = config_secrets
         record.problems = tuple(problems)
         self._log_problems(record.problems)
         log.info(
             "source.file_loaded",
             path=str(path),
             plugins=len(record.plugins),
-            secrets=len(record.secrets),
+            secrets=len(record.secrets) + len(record.config_secrets),
             problems=len(problems),
         )
         return True
@@ -178,11 +191,18 @@ class DirectorySource:
     def _merge(self) -> SourceState:
         plugins: dict[ObjectKey, WasmPlugin] = {}
         secrets: dict[ObjectKey, PullSecret] = {}
+        config_secrets: dict[ObjectKey, ConfigSecret] = {}
         problems: list[Problem] = []
         for path, record in sorted(self._files.items(), key=lambda item: item[1].seq):
             problems.extend(record.problems)
             duplicates = _first_wins(plugins, record.plugins, path, "WasmPlugin")
             duplicates += _first_wins(secrets, record.secrets, path, "Secret")
+            duplicates += _first_wins(config_secrets, record.config_secrets, path, "Secret")
             self._log_problems(duplicates)
             problems.extend(duplicates)
-        return SourceState(plugins=plugins, problems=tuple(problems), secrets=secrets)
+        return SourceState(
+            plugins=plugins,
+            problems=tuple(problems),
+            secrets=secrets,
+            config_secrets=config_secrets,
+        )

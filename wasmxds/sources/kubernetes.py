@@ -1,8 +1,19 @@
-"""WasmPlugins (and the pull secrets they name) from a Kubernetes API server.
+"""WasmPlugins and TrafficExtensions (and the pull secrets they name) from a Kubernetes
+API server.
 
-Plugins are listed and watched cluster-wide, or in each ``--namespace``; the
+Plugins are listed and watched cluster-wide, or in each ``--namespace``;
+TrafficExtensions (Istio 1.30) the same way, beside them: a cluster without
+their CRD answers 404, which is logged (with a hint) and retried, and
+WasmPlugins are served meanwhile. The
 ``kubernetes.io/dockerconfigjson`` Secrets are watched only in the namespaces
 where a plugin names an ``imagePullSecret``, and only the Secrets named are
+handed on. Secrets a plugin's configuration takes values from (annotation
+``secrets.wasmxds.io/plugin-config``) must opt in with the label
+``secrets.wasmxds.io/plugin-config: "true"``; they are listed and watched with
+one ``labelSelector`` list/watch per namespace whose plugins reference any
+(bounded by namespaces, not by the names plugin authors write), started when
+the first plugin there references one and stopped when none does. wasmxds never
+receives a namespace's unlabelled Secrets, and only the referenced ones are
 handed on. The list/watch protocol (resume, bookmarks, 410, backoff) is
 :mod:`wasmxds.sources.kube.reflector`'s.
 
@@ -35,7 +46,9 @@ from typing import Any
 
 import structlog
 
+from wasmxds.api.configsecrets import ConfigSecret, config_secret_refs
 from wasmxds.api.objects import ObjectKey, Problem, WasmPlugin
+from wasmxds.api.pullsecretref import pull_secret_ref
 from wasmxds.api.secrets import PullSecret
 from wasmxds.backoff import Backoff
 from wasmxds.sources.kube.client import KubeClient
@@ -45,6 +58,7 @@ from wasmxds.sources.kube.objects import (
     Record,
     needs_parse,
     origin_of,
+    parse_config_secret_object,
     parse_plugin,
     parse_secret_object,
     update,
@@ -59,6 +73,8 @@ log = structlog.get_logger(__name__)
 
 # What one reflector batch changed: (key, object or None when deleted).
 _Changes = list[tuple[ObjectKey, Mapping[str, Any] | None]]
+# Which records a batch is for: plugins, pull secrets, or Secrets for plugin configuration.
+_PLUGINS, _PULL, _CONFIG = "WasmPlugin", "pull", "config"
 
 
 class KubernetesSource:
@@ -86,11 +102,18 @@ class KubernetesSource:
             self._reflector(Collection.plugins(namespace), self._plugins_changed)
             for namespace in (self.namespaces or (None,))
         ]
+        # Same records, same handling: a TrafficExtension's key carries its kind.
+        self._extension_reflectors = [
+            self._reflector(Collection.extensions(namespace), self._plugins_changed)
+            for namespace in (self.namespaces or (None,))
+        ]
         self._secret_reflectors: dict[str, tuple[Reflector, asyncio.Task[None]]] = {}
+        self._config_secrets: dict[ObjectKey, Record] = {}
+        self._config_reflectors: dict[str, tuple[Reflector, asyncio.Task[None]]] = {}
         self._group: asyncio.TaskGroup | None = None
         self._state = SourceState()
         self._logged: frozenset[Problem] = frozenset()
-        self._pending: collections.deque[tuple[bool, _Changes]] = collections.deque()
+        self._pending: collections.deque[tuple[str, _Changes]] = collections.deque()
         self._more = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -102,9 +125,11 @@ class KubernetesSource:
 
     @property
     def reflectors(self) -> tuple[Reflector, ...]:
-        """Every list/watch running now: plugins, then pull secrets by namespace."""
+        """Every list/watch running now: plugins, pull secrets by namespace, then the
+        Secrets plugin configuration takes values from."""
         secrets = (reflector for reflector, _ in self._secret_reflectors.values())
-        return (*self._plugin_reflectors, *secrets)
+        config = (reflector for reflector, _ in self._config_reflectors.values())
+        return (*self._plugin_reflectors, *self._extension_reflectors, *secrets, *config)
 
     def observed(self) -> dict[ObjectKey, ObservedObject]:
         """Every WasmPlugin seen, valid or not, for the status writer."""
@@ -146,14 +171,17 @@ class KubernetesSource:
         async with asyncio.TaskGroup() as group:
             self._group = group
             group.create_task(self._apply_changes(), name="kubernetes: validate")
-            for reflector in self._plugin_reflectors:
+            for reflector in (*self._plugin_reflectors, *self._extension_reflectors):
                 group.create_task(reflector.run(), name=f"kubernetes: {reflector.collection}")
             await asyncio.gather(*(r.synced.wait() for r in self._plugin_reflectors))
+            await asyncio.gather(*(_synced_or_absent(r) for r in self._extension_reflectors))
             await self._applied()
             self._sync_secret_watches()
-            # Pull secrets are wanted at start-up (a first fetch without them fails), but
+            # Pull secrets are wanted at start-up (a first fetch without them fails), and
+            # so are configuration Secrets (a plugin without them gets its stand-in), but
             # a Secret list that fails (RBAC, say) must not keep the source from loading.
             await asyncio.gather(*(r.tried.wait() for r, _ in self._secret_reflectors.values()))
+            await asyncio.gather(*(r.tried.wait() for r, _ in self._config_reflectors.values()))
             await self._applied()
             self.loaded.set()
             self._publish(force=True)
@@ -168,14 +196,17 @@ class KubernetesSource:
             await asyncio.Event().wait()  # the reflectors run in the group until cancelled
 
     def _plugins_changed(self, reflector: Reflector, keys: Set[ObjectKey]) -> None:
-        self._queue(True, [(key, reflector.objects.get(key)) for key in sorted(keys)])
+        self._queue(_PLUGINS, [(key, reflector.objects.get(key)) for key in sorted(keys)])
 
     def _secrets_changed(self, reflector: Reflector, keys: Set[ObjectKey]) -> None:
-        self._queue(False, [(key, reflector.objects.get(key)) for key in sorted(keys)])
+        self._queue(_PULL, [(key, reflector.objects.get(key)) for key in sorted(keys)])
 
-    def _queue(self, plugins: bool, changes: _Changes) -> None:
+    def _config_secrets_changed(self, reflector: Reflector, keys: Set[ObjectKey]) -> None:
+        self._queue(_CONFIG, [(key, reflector.objects.get(key)) for key in sorted(keys)])
+
+    def _queue(self, kind: str, changes: _Changes) -> None:
         """Note a reflector's changes (the objects as they are now) for the applying task."""
-        self._pending.append((plugins, changes))
+        self._pending.append((kind, changes))
         self._idle.clear()
         self._more.set()
 
@@ -191,22 +222,29 @@ class KubernetesSource:
                 self._more.clear()
                 await self._more.wait()
                 continue
-            plugins, changes = self._pending.popleft()
-            if not plugins:
+            kind, changes = self._pending.popleft()
+            plugins = kind == _PLUGINS
+            parse: Parser = parse_plugin
+            records, what = self._plugins, "WasmPlugin"
+            if kind == _PULL:
                 # A namespace no longer watched was dropped while this waited.
                 changes = [c for c in changes if c[0].namespace in self._secret_reflectors]
-            records = self._plugins if plugins else self._secrets
-            parse: Parser = parse_plugin if plugins else parse_secret_object
+                records, parse, what = self._secrets, parse_secret_object, "Secret"
+            elif kind == _CONFIG:
+                changes = [c for c in changes if c[0].namespace in self._config_reflectors]
+                records, parse, what = self._config_secrets, parse_config_secret_object, "Secret"
             todo = [(k, raw) for k, raw in changes if needs_parse(records, k, raw)]
             parsed = await asyncio.to_thread(_parse_all, parse, todo) if todo else {}
             for key, raw in changes:
-                update(records, key, raw, parsed, "WasmPlugin" if plugins else "Secret")
+                update(records, key, raw, parsed, what)
             if plugins and self._group is not None and self._plugin_reflectors_synced():
                 self._sync_secret_watches()
             self._publish()
 
     def _plugin_reflectors_synced(self) -> bool:
-        return all(r.synced.is_set() for r in self._plugin_reflectors)
+        return all(r.synced.is_set() for r in self._plugin_reflectors) and all(
+            r.synced.is_set() or r.not_found.is_set() for r in self._extension_reflectors
+        )
 
     def _wanted_secrets(self) -> set[ObjectKey]:
         wanted: set[ObjectKey] = set()
@@ -214,12 +252,45 @@ class KubernetesSource:
             plugin = record.valid
             if isinstance(plugin, WasmPlugin) and plugin.spec.image_pull_secret:
                 # Istio looks the secret up in the plugin's own namespace, whatever it says.
-                wanted.add(ObjectKey(key.namespace, plugin.spec.image_pull_secret))
+                name = pull_secret_ref(plugin.spec.image_pull_secret).name
+                if name:
+                    wanted.add(ObjectKey(key.namespace, name))
         return wanted
 
-    def _sync_secret_watches(self) -> None:
-        """Watch pull secrets in exactly the namespaces whose plugins name one."""
+    def _wanted_config_secrets(self) -> set[ObjectKey]:
+        wanted: set[ObjectKey] = set()
+        for key, record in self._plugins.items():
+            plugin = record.valid
+            if isinstance(plugin, WasmPlugin):
+                for ref in config_secret_refs(plugin.annotations):
+                    # The plugin's own namespace, always (the annotation cannot name another).
+                    wanted.add(ObjectKey(key.namespace, ref.secret))
+        return wanted
+
+    def _sync_config_watches(self) -> None:
+        """Watch the labelled Secrets of exactly the namespaces whose plugins take
+        configuration values from Secrets: one list/watch per namespace."""
         assert self._group is not None
+        namespaces = {key.namespace for key in self._wanted_config_secrets()}
+        for namespace in sorted(namespaces - self._config_reflectors.keys()):
+            reflector = self._reflector(
+                Collection.config_secrets(namespace), self._config_secrets_changed
+            )
+            task = self._group.create_task(
+                reflector.run(), name=f"kubernetes: {reflector.collection}"
+            )
+            self._config_reflectors[namespace] = (reflector, task)
+        for namespace in self._config_reflectors.keys() - namespaces:
+            _, task = self._config_reflectors.pop(namespace)
+            task.cancel()
+            for key in [k for k in self._config_secrets if k.namespace == namespace]:
+                del self._config_secrets[key]
+
+    def _sync_secret_watches(self) -> None:
+        """Watch pull secrets in exactly the namespaces whose plugins name one (and the
+        Secrets plugin configuration takes values from)."""
+        assert self._group is not None
+        self._sync_config_watches()
         namespaces = {key.namespace for key in self._wanted_secrets()}
         for namespace in namespaces - self._secret_reflectors.keys():
             reflector = self._reflector(Collection.pull_secrets(namespace), self._secrets_changed)
@@ -246,6 +317,12 @@ class KubernetesSource:
             for key, record in sorted(self._secrets.items())
             if key in wanted and isinstance(record.valid, PullSecret)
         }
+        wanted_config = self._wanted_config_secrets()
+        config_secrets = {
+            key: record.valid
+            for key, record in sorted(self._config_secrets.items())
+            if key in wanted_config and isinstance(record.valid, ConfigSecret)
+        }
         problems = [p for _, record in sorted(self._plugins.items()) for p in record.problems]
         problems += [
             p
@@ -253,8 +330,19 @@ class KubernetesSource:
             if key in wanted
             for p in record.problems
         ]
+        problems += [
+            p
+            for key, record in sorted(self._config_secrets.items())
+            if key in wanted_config
+            for p in record.problems
+        ]
         previous = self._state
-        self._state = SourceState(plugins=plugins, problems=tuple(problems), secrets=secrets)
+        self._state = SourceState(
+            plugins=plugins,
+            problems=tuple(problems),
+            secrets=secrets,
+            config_secrets=config_secrets,
+        )
         self._log_new_problems()
         if self.loaded.is_set() and (force or _differs(previous, self._state)):
             self._on_change()
@@ -274,6 +362,18 @@ class KubernetesSource:
         self._logged = current
 
 
+async def _synced_or_absent(reflector: Reflector) -> None:
+    """Until the first list succeeded, or the server said the resource does not exist
+    (a cluster without the TrafficExtension CRD must still serve its WasmPlugins)."""
+    waits = {
+        asyncio.ensure_future(reflector.synced.wait()),
+        asyncio.ensure_future(reflector.not_found.wait()),
+    }
+    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+
+
 def _parse_all(
     parse: Parser, changes: Sequence[tuple[ObjectKey, Mapping[str, Any] | None]]
 ) -> dict[ObjectKey, tuple[object | None, list[Problem]]]:
@@ -288,6 +388,12 @@ def _differs(before: SourceState, after: SourceState) -> bool:
     if (
         before.plugins.keys() != after.plugins.keys()
         or before.secrets.keys() != after.secrets.keys()
+        or before.config_secrets.keys() != after.config_secrets.keys()
+    ):
+        return True
+    if any(
+        before.config_secrets[key].fingerprint != secret.fingerprint
+        for key, secret in after.config_secrets.items()
     ):
         return True
     return any(

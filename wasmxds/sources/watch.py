@@ -39,6 +39,7 @@ import watchfiles
 
 from wasmxds.api.files import (
     ConfigFileError,
+    is_hidden,
     is_listed,
     iter_config_files,
     read_config_file,
@@ -184,6 +185,8 @@ class FileTree:
             return
         queued: list[Path] = []
         for path in sorted(paths):
+            if self._in_hidden_directory(path):
+                continue
             if path.is_dir() and not path.is_symlink():
                 if path in self._digests:  # a file replaced by a directory is gone
                     queued.append(path)
@@ -194,6 +197,18 @@ class FileTree:
                 # Gone, or no longer a config file: a worker finds out and forgets it.
                 queued.extend(k for k in self._digests if k == path or path in k.parents)
         await self._enqueue(queued)
+
+    def _in_hidden_directory(self, path: Path) -> bool:
+        """Whether ``path`` is, or is inside, a hidden directory below a watched root.
+
+        A scan never enters those (``.git`` and the like); events from them must
+        not bring their files in either. Hidden directories above the root count
+        for nothing: a config directory may live under ``~/.config``.
+        """
+        for root in self.directories:
+            if path.is_relative_to(root):
+                return any(is_hidden(part) for part in path.relative_to(root).parts)
+        return False
 
     async def _enqueue(self, paths: Iterable[Path]) -> None:
         async with self._work:

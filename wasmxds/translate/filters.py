@@ -17,12 +17,13 @@ import enum
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2, extension_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as http_wasm_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.filters.network.wasm.v3 import wasm_pb2 as network_wasm_pb2
 from envoy.extensions.wasm.v3 import wasm_pb2 as envoy_wasm_pb2
-from google.protobuf import any_pb2, message, wrappers_pb2
+from google.protobuf import any_pb2, message, struct_pb2, wrappers_pb2
 
 from wasmxds.api.json import compact_json
 from wasmxds.api.objects import WasmPlugin
@@ -36,6 +37,7 @@ __all__ = [
     "RemoteCode",
     "StandIn",
     "filter_kind",
+    "lua_filter_config",
     "standin_config",
     "wasm_filter_config",
 ]
@@ -138,10 +140,20 @@ def _code_source(code: Code) -> base_pb2.AsyncDataSource:
 
 
 def wasm_filter_config(
-    plugin: WasmPlugin, code: Code, *, runtime: str
+    plugin: WasmPlugin,
+    code: Code,
+    *,
+    runtime: str,
+    configuration: struct_pb2.Struct | None = None,
 ) -> extension_pb2.TypedExtensionConfig:
-    """The plugin's real filter, as an ECDS ``TypedExtensionConfig``."""
+    """The plugin's real filter, as an ECDS ``TypedExtensionConfig``.
+
+    ``configuration`` replaces ``pluginConfig`` (with values from Secrets merged in).
+    """
     spec = plugin.spec
+    config = configuration
+    if config is None and spec.HasField("plugin_config"):
+        config = spec.plugin_config
     plugin_config = envoy_wasm_pb2.PluginConfig(
         name=plugin.resource_name,
         root_id=spec.plugin_name,
@@ -149,9 +161,9 @@ def wasm_filter_config(
     )
     # Istio sends an empty Any when pluginConfig is empty; leaving the field unset
     # gives the module the same empty configuration without an untyped Any.
-    if spec.HasField("plugin_config") and spec.plugin_config.fields:
+    if config is not None and config.fields:
         plugin_config.configuration.CopyFrom(
-            _pack(wrappers_pb2.StringValue(value=compact_json(spec.plugin_config)))
+            _pack(wrappers_pb2.StringValue(value=compact_json(config)))
         )
     vm = plugin_config.vm_config
     vm.runtime = runtime
@@ -165,6 +177,12 @@ def wasm_filter_config(
         typed = network_wasm_pb2.Wasm(config=plugin_config)
     else:
         typed = http_wasm_pb2.Wasm(config=plugin_config)
+    return extension_pb2.TypedExtensionConfig(name=plugin.resource_name, typed_config=_pack(typed))
+
+
+def lua_filter_config(plugin: WasmPlugin, code: str) -> extension_pb2.TypedExtensionConfig:
+    """A TrafficExtension's Lua filter, as istiod builds it (inline source code)."""
+    typed = lua_pb2.Lua(default_source_code=base_pb2.DataSource(inline_string=code))
     return extension_pb2.TypedExtensionConfig(name=plugin.resource_name, typed_config=_pack(typed))
 
 

@@ -4,12 +4,15 @@ Placement follows istiod (reference §3) relative to the template's own filters:
 
 - HTTP plugins go into every HttpConnectionManager: AUTHN before the first
   authentication filter (jwt_authn, oauth2, basic_auth), AUTHZ before the first
-  authorization filter (rbac, ext_authz), STATS before the first stats filter
-  (grpc_stats, istio.stats), and unspecified-phase plugins last, right before
-  the router. A phase whose anchor filter is missing takes the next phase's
-  position, so the phase order holds in any template.
-- NETWORK plugins go into every filter chain, before the terminal filter, with
-  AUTHN and AUTHZ before the first network rbac/ext_authz filter.
+  ALLOW/DENY rbac, STATS and then unspecified-phase plugins before the first
+  stats filter (grpc_stats, istio.stats), else before the router. A CUSTOM
+  ext_authz (and the shadow rbac right before it) comes first, as in istiod.
+- NETWORK plugins go into every filter chain the same way: AUTHN and AUTHZ
+  after a CUSTOM ext_authz and before the ALLOW/DENY rbac, STATS and
+  unspecified before ``istio.stats``, all before the terminal filter.
+- A phase whose anchor filter is missing takes the next phase's position, so
+  the phase order holds in any template; a template marks filters of other
+  types in ``spec.anchors`` (:mod:`wasmxds.translate.anchors`).
 - Within a phase, higher ``priority`` runs first and an unset priority sorts
   after every set one (Istio uses MinInt32). Ties keep Istio's order: plugins of
   the proxy's namespace before root-namespace ones, then creationTimestamp,
@@ -26,9 +29,8 @@ proxy cannot get or rejects the Wasm filter, it behaves as failStrategy says
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -36,11 +38,21 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import any_pb2
 
-from wasmxds.api.objects import WasmPlugin
+from wasmxds.api.objects import TRAFFIC_EXTENSION_KIND, WasmPlugin
 from wasmxds.api.proto import selector_pb2, wasm_pb2
+from wasmxds.api.scope import UNSCOPED, PluginScope, plugin_scope
 from wasmxds.api.templates import ListenerTemplate
+from wasmxds.translate.anchors import http_classes, insert, network_classes
 from wasmxds.translate.filters import FilterKind, StandIn, filter_kind, standin_config
-from wasmxds.translate.typeurls import HTTP_RBAC, HTTP_WASM, NETWORK_RBAC, NETWORK_WASM, type_url
+from wasmxds.translate.routes import scope_routes, scoped_entries
+from wasmxds.translate.typeurls import (
+    HTTP_LUA,
+    HTTP_RBAC,
+    HTTP_WASM,
+    NETWORK_RBAC,
+    NETWORK_WASM,
+    type_url,
+)
 
 __all__ = [
     "PlacedPlugin",
@@ -51,39 +63,12 @@ __all__ = [
 ]
 
 _HCM = type_url("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager")
-_ROUTER = type_url("envoy.extensions.filters.http.router.v3.Router")
-_HTTP_AUTHN = frozenset(
-    type_url(name)
-    for name in (
-        "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-        "envoy.extensions.filters.http.oauth2.v3.OAuth2",
-        "envoy.extensions.filters.http.basic_auth.v3.BasicAuth",
-    )
-)
-_HTTP_AUTHZ = frozenset(
-    type_url(name)
-    for name in (
-        "envoy.extensions.filters.http.rbac.v3.RBAC",
-        "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-    )
-)
-_HTTP_STATS = frozenset({type_url("envoy.extensions.filters.http.grpc_stats.v3.FilterConfig")})
-_STATS_NAMES = frozenset({"istio.stats", "envoy.filters.http.grpc_stats"})
-_NETWORK_AUTHZ = frozenset(
-    type_url(name)
-    for name in (
-        "envoy.extensions.filters.network.rbac.v3.RBAC",
-        "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
-    )
-)
 _MIN_INT32 = -(2**31)
 # Envoy would wait forever for an ECDS resource without this; after it, the
 # plugin's fail-strategy default applies. wasmxds sends the resource at once,
 # so the limit only matters when something is badly wrong.
 _INITIAL_FETCH_TIMEOUT_SECONDS = 30
 _PHASES = (wasm_pb2.AUTHN, wasm_pb2.AUTHZ, wasm_pb2.STATS, wasm_pb2.UNSPECIFIED_PHASE)
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +89,10 @@ class PlacedPlugin:
     match: tuple[TrafficMatch, ...]
     fail_open: bool
     tie_break: tuple[str, str, str]
+    scope: PluginScope = UNSCOPED
+    """Which hosts/routes it runs on, with per-scope configs (wasmxds.translate.routes)."""
+    lua_capable: bool = False
+    """A TrafficExtension: its resource may be a Lua filter, so references list that type."""
 
 
 def placed_plugin(plugin: WasmPlugin) -> PlacedPlugin:
@@ -120,6 +109,8 @@ def placed_plugin(plugin: WasmPlugin) -> PlacedPlugin:
         ),
         fail_open=spec.fail_strategy == wasm_pb2.FAIL_OPEN,
         tie_break=(plugin.creation_timestamp, plugin.key.name, plugin.key.namespace),
+        scope=plugin_scope(plugin.annotations),
+        lua_capable=plugin.key.kind == TRAFFIC_EXTENSION_KIND,
     )
 
 
@@ -169,50 +160,9 @@ def _reference(plugin: PlacedPlugin) -> listener_components_pb2.Filter:
         discovery.type_urls.extend((NETWORK_WASM, NETWORK_RBAC))
     else:
         discovery.type_urls.extend((HTTP_WASM, HTTP_RBAC))
+        if plugin.lua_capable:
+            discovery.type_urls.append(HTTP_LUA)
     return entry
-
-
-def _anchors(classes: Sequence[str | None]) -> tuple[int, int, int, int]:
-    """Insertion index for AUTHN, AUTHZ, STATS and unspecified plugins, in that order.
-
-    Each phase goes before its first anchor filter; a phase without one takes
-    the next phase's index, so the four never cross.
-    """
-
-    def first(kind: str, limit: int) -> int:
-        found = next((i for i, k in enumerate(classes) if k == kind), None)
-        return limit if found is None else min(found, limit)
-
-    unspecified = first("terminal", len(classes))
-    stats = first("stats", unspecified)
-    authz = first("authz", stats)
-    return first("authn", authz), authz, stats, unspecified
-
-
-def _insert(
-    existing: Sequence[T], classes: Sequence[str | None], groups: Sequence[list[T]]
-) -> list[T]:
-    result: list[T] = []
-    start = 0
-    for anchor, group in zip(_anchors(classes), groups, strict=True):
-        result.extend(existing[start:anchor])
-        result.extend(group)
-        start = anchor
-    result.extend(existing[start:])
-    return result
-
-
-def _http_class(http_filter: hcm_pb2.HttpFilter) -> str | None:
-    kind = http_filter.typed_config.type_url if http_filter.HasField("typed_config") else ""
-    if kind == _ROUTER:
-        return "terminal"
-    if kind in _HTTP_AUTHN:
-        return "authn"
-    if kind in _HTTP_AUTHZ:
-        return "authz"
-    if kind in _HTTP_STATS or http_filter.name in _STATS_NAMES:
-        return "stats"
-    return None
 
 
 def _http_entry(plugin: PlacedPlugin) -> hcm_pb2.HttpFilter:
@@ -222,16 +172,22 @@ def _http_entry(plugin: PlacedPlugin) -> hcm_pb2.HttpFilter:
     return entry
 
 
-def _with_http_plugins(typed: any_pb2.Any, phases: Sequence[list[PlacedPlugin]]) -> any_pb2.Any:
+def _with_http_plugins(
+    typed: any_pb2.Any, phases: Sequence[list[PlacedPlugin]], marks: Mapping[str, str]
+) -> any_pb2.Any:
     hcm = hcm_pb2.HttpConnectionManager()
     typed.Unpack(hcm)
     existing = list(hcm.http_filters)
     present = {f.name for f in existing}
     # A template that already names a plugin keeps its own entry for it.
-    groups = [[_http_entry(p) for p in phase if p.name not in present] for phase in phases]
-    updated = _insert(existing, [_http_class(f) for f in existing], groups)
+    groups = [
+        [e for p in phase if p.name not in present for e in scoped_entries(_http_entry(p), p.scope)]
+        for phase in phases
+    ]
+    updated = insert(existing, http_classes(existing, marks), groups)
     del hcm.http_filters[:]
     hcm.http_filters.extend(updated)
+    scope_routes(hcm, [(p.name, p.scope) for ps in phases for p in ps if p.name not in present])
     packed = any_pb2.Any()
     packed.Pack(hcm)
     return packed
@@ -241,22 +197,18 @@ def _with_plugins(
     chain: listener_components_pb2.FilterChain,
     http: Sequence[list[PlacedPlugin]],
     network: Sequence[list[PlacedPlugin]],
+    marks: Mapping[str, str],
 ) -> None:
     filters = list(chain.filters)
     for network_filter in filters:
         if network_filter.typed_config.type_url == _HCM and any(http):
             network_filter.typed_config.CopyFrom(
-                _with_http_plugins(network_filter.typed_config, http)
+                _with_http_plugins(network_filter.typed_config, http, marks)
             )
     if any(network):
-        classes: list[str | None] = [
-            "authz" if f.typed_config.type_url in _NETWORK_AUTHZ else None for f in filters
-        ]
-        if classes:
-            classes[-1] = "terminal"
         present = {f.name for f in filters}
         groups = [[_reference(p) for p in phase if p.name not in present] for phase in network]
-        filters = _insert(filters, classes, groups)
+        filters = insert(filters, network_classes(filters, marks), groups)
     del chain.filters[:]
     chain.filters.extend(filters)
 
@@ -283,9 +235,9 @@ def build_listener(
     if not any(http) and not any(network):
         return listener
     for chain in listener.filter_chains:
-        _with_plugins(chain, http, network)
+        _with_plugins(chain, http, network, template.anchors)
     if listener.HasField("default_filter_chain"):
-        _with_plugins(listener.default_filter_chain, http, network)
+        _with_plugins(listener.default_filter_chain, http, network, template.anchors)
     return listener
 
 

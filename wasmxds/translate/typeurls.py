@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "HTTP_LUA",
     "HTTP_RBAC",
     "HTTP_WASM",
     "NETWORK_RBAC",
@@ -23,3 +24,4 @@ HTTP_WASM = type_url("envoy.extensions.filters.http.wasm.v3.Wasm")
 HTTP_RBAC = type_url("envoy.extensions.filters.http.rbac.v3.RBAC")
 NETWORK_WASM = type_url("envoy.extensions.filters.network.wasm.v3.Wasm")
 NETWORK_RBAC = type_url("envoy.extensions.filters.network.rbac.v3.RBAC")
+HTTP_LUA = type_url("envoy.extensions.filters.http.lua.v3.Lua")

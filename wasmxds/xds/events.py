@@ -8,9 +8,12 @@ records them as Prometheus metrics.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["NoEvents", "StreamCounts", "StreamEvents"]
+if TYPE_CHECKING:
+    from wasmxds.xds.node import NodeInfo
+
+__all__ = ["NoEvents", "Rejections", "StreamCounts", "StreamEvents"]
 
 StreamCounts = Callable[[], Iterable[tuple[tuple[str, str], float]]]
 """Open streams per (flavour, service), read whenever asked."""
@@ -33,6 +36,16 @@ class StreamEvents(Protocol):
 
     def on_identity_refused(self, reason: str) -> None:
         """A stream was refused: its certificate does not prove its namespace (``reason``)."""
+
+
+class Rejections(Protocol):
+    """Who is told, per proxy, which resource versions it rejected (staged rollouts roll
+    back on it). Called on the event loop, on the stream's request path: keep it cheap."""
+
+    def on_rejected(
+        self, node: NodeInfo, type_url: str, rejected: Sequence[tuple[str, str]], error: str
+    ) -> None:
+        """``node`` NACKed a response carrying these (name, version) pairs, saying ``error``."""
 
 
 class NoEvents:

@@ -6,6 +6,7 @@ The translate stage targets plugins at it; the snapshot memoizes per class.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ __all__ = [
     "DEFAULT_NODE_NAMESPACE",
     "ClassKey",
     "NodeInfo",
+    "cohort_point",
     "node_info_from_metadata",
     "node_info_from_proto",
     "node_metadata",
@@ -41,9 +43,23 @@ class NodeInfo:
     labels: Mapping[str, str] = field(default_factory=dict)
     cluster: str = ""
     class_key: ClassKey = field(init=False)
+    cohort: float = field(init=False, repr=False)
+    """Where the proxy falls in staged rollouts: a point in [0, 100) from its id
+    (:func:`cohort_point`), the same on every replica and across restarts."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_key", (self.namespace, tuple(sorted(self.labels.items()))))
+        object.__setattr__(self, "cohort", cohort_point(self.id))
+
+
+def cohort_point(node_id: str) -> float:
+    """A stable point in [0, 100) for ``node_id``: the first 8 bytes of its sha256.
+
+    A rollout step of p percent takes the proxies whose point is below p, so a
+    proxy in one step stays in every later one, and every replica agrees.
+    """
+    head = hashlib.sha256(node_id.encode("utf-8", "surrogatepass")).digest()[:8]
+    return int.from_bytes(head, "big") * 100.0 / (1 << 64)
 
 
 def _first(metadata: Mapping[str, Any], *keys: str) -> Any:

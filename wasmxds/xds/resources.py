@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import hmac
+import secrets
+from dataclasses import dataclass, field
 
 from google.protobuf import message
 
@@ -18,6 +20,8 @@ __all__ = [
     "Tag",
     "prepare",
     "references",
+    "secret_versions_exist",
+    "shown_version",
 ]
 
 # Field numbers in envoy.service.discovery.v3 (discovery.proto).
@@ -44,9 +48,48 @@ class EcdsTag:
     placeholder: PreparedResource | None = None
     """What replaces this resource on a SotW stream once its plugin is gone (SotW
     cannot remove): the no-op of the same filter chain. None for the no-op itself."""
+    display: message.Message | None = None
+    """What debug pages show instead of ``message``: the same resource with every value
+    that came from a Secret masked. None when the resource holds no such value."""
 
 
 Tag = EcdsTag | ListenerTag | None
+
+# Versions are content hashes, values from Secrets included, and must stay so on the
+# wire (replicas must agree, and a Secret edit must change them). Shown as they are, a
+# reader of a debug page who knows the rest of a resource (the masked dump shows it)
+# tests guesses of a short value offline. So debug pages show an HMAC of such a
+# version under a key that lives and dies with the process: stable within it (a
+# change still shows), meaningless outside it. Versions are remembered as strings
+# because delta streams hold versions only; the bound is far above any fleet's
+# distinct versions between restarts, and forgetting one only ever shows an HMAC.
+_DISPLAY_KEY = secrets.token_bytes(32)
+_SECRET_VERSIONS: dict[str, None] = {}
+_MAX_SECRET_VERSIONS = 1 << 16
+
+
+def _carries_secret_values(tag: Tag) -> bool:
+    return isinstance(tag, EcdsTag) and tag.display is not None
+
+
+def _remember(version: str) -> None:
+    _SECRET_VERSIONS[version] = None
+    if len(_SECRET_VERSIONS) > _MAX_SECRET_VERSIONS:
+        del _SECRET_VERSIONS[next(iter(_SECRET_VERSIONS))]
+
+
+def secret_versions_exist() -> bool:
+    """Whether this process prepared a resource with values from Secrets: then every
+    version derived from resource versions (a type's, a snapshot's) is shown masked."""
+    return bool(_SECRET_VERSIONS)
+
+
+def shown_version(version: str, *, secret: bool = False) -> str:
+    """``version`` as debug pages and the CLI show it: an HMAC (``h:`` prefix) when it
+    is, or derives from, the version of a resource with values from Secrets."""
+    if not (secret or version in _SECRET_VERSIONS):
+        return version
+    return "h:" + hmac.new(_DISPLAY_KEY, version.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 # weakref_slot: a snapshot's listener dedup table holds them weakly.
@@ -55,18 +98,20 @@ class PreparedResource:
     """One named resource at one version.
 
     ``version`` is a content hash, so it is stable across restarts and equal
-    content always has the same version. ``sotw_field`` and ``delta_field`` are
-    the resource already encoded as the repeated field of a SotW and a delta
-    response. ``tag`` is what the streams need to know besides the bytes (see
-    :class:`EcdsTag`, :class:`ListenerTag`).
+    content always has the same version; debug pages show it through
+    :func:`shown_version` (it may be an oracle for values from Secrets).
+    ``sotw_field`` and ``delta_field`` are the resource already encoded as the
+    repeated field of a SotW and a delta response. ``tag`` is what the streams
+    need to know besides the bytes (see :class:`EcdsTag`, :class:`ListenerTag`).
     """
 
     name: str
     type_url: str
     version: str
-    message: message.Message
-    sotw_field: bytes
-    delta_field: bytes
+    # The content stays out of reprs: it may hold pluginConfig values from Secrets.
+    message: message.Message = field(repr=False)
+    sotw_field: bytes = field(repr=False)
+    delta_field: bytes = field(repr=False)
     tag: Tag = None
 
 
@@ -81,6 +126,8 @@ def prepare(name: str, msg: message.Message, *, tag: Tag = None) -> PreparedReso
     type_url = "type.googleapis.com/" + msg.DESCRIPTOR.full_name
     any_bytes = wire.string_field(1, type_url) + wire.length_delimited(2, value)
     version = hashlib.sha256(any_bytes).hexdigest()[:16]
+    if _carries_secret_values(tag):
+        _remember(version)
     resource = (
         wire.string_field(_RESOURCE_NAME, name)
         + wire.string_field(_RESOURCE_VERSION, version)

@@ -31,8 +31,15 @@ from wasmxds import __version__
 from wasmxds.settings import HostPort
 from wasmxds.xds import wire
 from wasmxds.xds.delta import DeltaStream
-from wasmxds.xds.events import NoEvents, StreamEvents
-from wasmxds.xds.identity import IdentityPolicy, IdentityRefused, SpiffeId, claimed_namespaces
+from wasmxds.xds.events import NoEvents, Rejections, StreamEvents
+from wasmxds.xds.identity import (
+    IdentityPolicy,
+    IdentityRefused,
+    RefusalLog,
+    SpiffeId,
+    claimed_namespaces,
+    clip,
+)
 from wasmxds.xds.node import ClassKey, NodeInfo, node_info_from_metadata, node_metadata
 from wasmxds.xds.snapshot import Snapshot
 from wasmxds.xds.sotw import SotwStream
@@ -123,6 +130,10 @@ class Session:
         state = self.protocol.types.get(ECDS)
         return frozenset(state.names) if state is not None else frozenset()
 
+    def accepted(self, type_url: str, name: str) -> str | None:
+        """The version of ``name`` the proxy has ACKed (None: none, or one still in flight)."""
+        return self.protocol.accepted_version(type_url, name)
+
     def watches_wildcard(self) -> bool:
         return any(t in self.protocol.types for t in WILDCARD)
 
@@ -162,12 +173,16 @@ class XdsServer:
         tls: TlsFiles | None = None,
         events: StreamEvents | None = None,
         node_identity: IdentityPolicy | None = None,
+        rejections: Rejections | None = None,
     ) -> None:
         """``node_identity``: take namespaces from client certificates under this policy
-        (needs mutual TLS); None takes them from node metadata."""
+        (needs mutual TLS); None takes them from node metadata. ``rejections`` hears of
+        every NACK with the proxy and the versions it rejected (staged rollouts)."""
+        self._rejections = rejections
         if node_identity is not None and (tls is None or tls.client_ca is None):
             raise ValueError("node identity from certificates needs mutual TLS (a client CA)")
         self._node_identity = node_identity
+        self._refusals = RefusalLog("xds.identity_refused")
         self._address = address
         self._events: StreamEvents = events or NoEvents()
         self._events.watch_streams(self._connected_counts)
@@ -183,6 +198,8 @@ class XdsServer:
         self._sessions: dict[int, Session] = {}
         self._by_name: dict[str, set[Session]] = {}
         self._wildcard: set[Session] = set()
+        self._by_node: dict[str, set[Session]] = {}
+        self._services: list[grpc.GenericRpcHandler] = []
         self._ids = itertools.count(1)
         self._sotw_control_plane = _control_plane(_SOTW_CONTROL_PLANE)
         self._delta_control_plane = _control_plane(_DELTA_CONTROL_PLANE)
@@ -225,6 +242,14 @@ class XdsServer:
             session.wake.set()
         return len(woken)
 
+    def node_identities(self, node_id: str) -> list[SpiffeId | None]:
+        """The proven identities of ``node_id``'s live streams (None: metadata identity)."""
+        return [session.verified for session in self._by_node.get(node_id, ())]
+
+    def add_service(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        """Serve ``handlers`` on the same port too (before :meth:`run`): the metrics service."""
+        self._services.extend(handlers)
+
     # -- lifecycle --------------------------------------------------------
 
     def _handlers(self) -> list[grpc.GenericRpcHandler]:
@@ -260,7 +285,7 @@ class XdsServer:
         server = grpc.aio.server(
             options=[*_SERVER_OPTIONS, ("grpc.max_receive_message_length", self._max_receive_bytes)]
         )
-        server.add_generic_rpc_handlers(self._handlers())
+        server.add_generic_rpc_handlers([*self._handlers(), *self._services])
         address = str(self._address)
         if self._tls is not None:
             self.port = server.add_secure_port(address, self._tls.credentials())
@@ -320,11 +345,16 @@ class XdsServer:
 
     def _register(self, session: Session) -> None:
         self._sessions[session.id] = session
+        self._by_node.setdefault(session.node.id, set()).add(session)
         key = session.node.class_key
         self._classes[key] = self._classes.get(key, 0) + 1
 
     def _forget(self, session: Session) -> None:
         if self._sessions.pop(session.id, None) is not None:
+            same_node = self._by_node[session.node.id]
+            same_node.discard(session)
+            if not same_node:
+                del self._by_node[session.node.id]
             key = session.node.class_key
             left = self._classes[key] - 1
             if left:
@@ -341,11 +371,9 @@ class XdsServer:
             request.type_url = default_type
         before = session.ecds_names()
         # Only a NACK needs to know what it answers; ACKs are the hot path.
-        answered = (
-            session.protocol.in_flight_names(request.type_url)
-            if request.HasField("error_detail")
-            else ()
-        )
+        nack = request.HasField("error_detail")
+        answered = session.protocol.in_flight_names(request.type_url) if nack else ()
+        rejected = session.protocol.in_flight_versions(request.type_url) if nack else ()
         verdict = session.protocol.handle(request)
         if verdict is Verdict.ACK:
             sent = session.sent_at.pop(request.type_url, None)
@@ -354,6 +382,10 @@ class XdsServer:
         elif verdict is Verdict.NACK:
             session.sent_at.pop(request.type_url, None)
             self._events.on_nack(request.type_url, answered)
+            if self._rejections is not None and rejected:
+                self._rejections.on_rejected(
+                    session.node, request.type_url, rejected, request.error_detail.message
+                )
             log.warning(
                 "xds.nack",
                 node=session.node.id,
@@ -401,9 +433,9 @@ class XdsServer:
                 node.id, _peer_uris(context), claimed_namespaces(metadata)
             )
         except IdentityRefused as exc:
-            log.warning(
-                "xds.identity_refused",
-                node=node.id,
+            # The node id is the client's to choose: cut, and at most so many lines a window.
+            self._refusals.warning(
+                node=clip(node.id),
                 peer=context.peer(),
                 identity=exc.identity or None,
                 claimed_namespace=exc.claimed or None,

@@ -7,7 +7,10 @@ proxy (whether a plugin applies, its listeners and clusters) is decided by the
 :class:`Translation` the translate stage hands over; the snapshot asks it once
 per node class (same namespace and labels) and shares the answer with every
 stream of that class. Identical resources are serialized once and shared
-across classes too.
+across classes too. While a staged rollout runs, a class's memo is kept per
+rollout position (:meth:`Translation.position`: the staged plugins a proxy
+gets the new version of), so proxies of a class on the same versions still
+share everything; with no rollout every position is ``()``.
 
 Per-class memos are bounded by what is connected, not by what ever connected:
 the server limits them to classes with an open stream
@@ -56,6 +59,9 @@ class EcdsEntry:
     noop: PreparedResource
     fingerprint: tuple[str, ...]
     """Changes whenever what any proxy may get under this name does."""
+    previous: PreparedResource | None = None
+    """While a staged rollout runs: the version proxies outside its current step keep
+    (the translation says which proxies those are)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +97,16 @@ class Translation(Protocol):
         """The listeners and clusters for ``node``'s class (listener mode)."""
         ...
 
+    def position(self, node: NodeInfo) -> tuple[str, ...]:
+        """Where ``node`` stands in the staged rollouts: the staged names it gets the new
+        version of. Always ``()`` while no rollout runs; proxies of one class in the same
+        position get identical resources (and share responses)."""
+        ...
+
+    def on_new(self, name: str, node: NodeInfo) -> bool:
+        """Whether ``node`` gets the new version of ``name`` (False: its entry's ``previous``)."""
+        ...
+
 
 class _Nothing:
     """The translation of an empty snapshot: no plugin, no listener."""
@@ -102,6 +118,12 @@ class _Nothing:
 
     def class_resources(self, node: NodeInfo) -> ClassResources:
         return ClassResources()
+
+    def position(self, node: NodeInfo) -> tuple[str, ...]:
+        return ()
+
+    def on_new(self, name: str, node: NodeInfo) -> bool:
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +180,8 @@ class Snapshot:
             digest.update(f"\0pending\0{name}".encode())
         digest.update(self.listeners_version.encode())
         self.version = digest.hexdigest()[:12]
-        self._classes: dict[ClassKey, _ClassMemo] = {}
+        # Per class, one memo per rollout position ({(): ...} while no rollout runs).
+        self._classes: dict[ClassKey, dict[tuple[str, ...], _ClassMemo]] = {}
         self._live: Container[ClassKey] | None = None
         # Listeners identical across classes share one prepared resource; it
         # lives as long as some class memo holds it.
@@ -173,12 +196,23 @@ class Snapshot:
     # -- per-class memos ----------------------------------------------------
 
     def _memo(self, node: NodeInfo) -> _ClassMemo | None:
-        """The memo of ``node``'s class; None when the class is not to be memoized."""
+        """The memo of ``node``'s class and rollout position; None when the class is not
+        to be memoized."""
         key = node.class_key
-        found = self._classes.get(key)
-        if found is None and (self._live is None or key in self._live):
-            found = self._classes[key] = _ClassMemo()
+        positions = self._classes.get(key)
+        if positions is None:
+            if self._live is not None and key not in self._live:
+                return None
+            positions = self._classes[key] = {}
+        position = self.translation.position(node)
+        found = positions.get(position)
+        if found is None:
+            found = positions[position] = _ClassMemo()
         return found
+
+    def _existing_memo(self, node: NodeInfo) -> _ClassMemo | None:
+        positions = self._classes.get(node.class_key)
+        return None if positions is None else positions.get(self.translation.position(node))
 
     def limit_memos_to(self, live: Container[ClassKey]) -> None:
         """Memoize only classes in ``live`` (a view the caller keeps current).
@@ -202,14 +236,19 @@ class Snapshot:
         """How many node classes hold memos in this snapshot."""
         return len(self._classes)
 
+    @property
+    def memoized_positions(self) -> int:
+        """How many (class, rollout position) memos this snapshot holds."""
+        return sum(len(positions) for positions in self._classes.values())
+
     def shared_responses(self, node: NodeInfo) -> int:
-        """How many responses ``node``'s class keeps for its streams to share."""
-        memo = self._classes.get(node.class_key)
+        """How many responses ``node``'s class (and rollout position) keeps to share."""
+        memo = self._existing_memo(node)
         return 0 if memo is None else len(memo.responses)
 
     def shared_response(self, node: NodeInfo, key: ResponseKey) -> PreparedResponse | None:
-        """A response another stream of ``node``'s class computed under ``key``."""
-        memo = self._classes.get(node.class_key)
+        """A response another stream of ``node``'s class and position computed under ``key``."""
+        memo = self._existing_memo(node)
         return None if memo is None else memo.responses.get(key)
 
     def share_response(self, node: NodeInfo, key: ResponseKey, response: PreparedResponse) -> None:
@@ -234,7 +273,12 @@ class Snapshot:
             found = memo.ecds.get(name)
             if found is not None:
                 return found
-        result = entry.active if self.translation.applies(name, node) else entry.noop
+        if not self.translation.applies(name, node):
+            result = entry.noop
+        elif entry.previous is not None and not self.translation.on_new(name, node):
+            result = entry.previous
+        else:
+            result = entry.active
         if memo is not None:
             memo.ecds[name] = result
         return result

@@ -239,6 +239,21 @@ class StreamProtocol(Generic[StateT]):
         state.in_flight_resources = ()
         return verdict
 
+    def accepted_version(self, type_url: str, name: str) -> str | None:
+        """The version of ``name`` the client has accepted, as far as this stream knows:
+        what it holds, unless that is still awaiting its ACK. None when nothing is."""
+        state = self.types.get(type_url)
+        if state is None or any(r.name == name for r in state.in_flight_resources):
+            return None
+        return state.version_held(name)
+
+    def in_flight_versions(self, type_url: str) -> tuple[tuple[str, str], ...]:
+        """(name, version) of each resource the response in flight for ``type_url`` carries."""
+        state = self.types.get(type_url)
+        return (
+            () if state is None else tuple((r.name, r.version) for r in state.in_flight_resources)
+        )
+
     def in_flight_names(self, type_url: str) -> list[str]:
         """Resources of the response for ``type_url`` awaiting an answer."""
         state = self.types.get(type_url)

@@ -1,4 +1,5 @@
-"""The resolver with the real OCI fetcher: pull secrets, pull policies, repulls, restarts."""
+"""The resolver with the real OCI fetcher: pull secrets, pull policies, repulls, restarts,
+and access to cached modules per credentials."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -20,7 +22,12 @@ from wasmxds.api.objects import ObjectKey
 from wasmxds.api.parse import parse_text
 from wasmxds.api.secrets import PullSecret
 from wasmxds.backoff import Backoff
-from wasmxds.errors import FetchError, MissingPullSecretError, RegistryAuthError
+from wasmxds.errors import (
+    FetchError,
+    MissingPullSecretError,
+    ModuleAccessDeniedError,
+    RegistryAuthError,
+)
 from wasmxds.modules.index import INDEX_FILE, ModuleIndex
 from wasmxds.modules.oci.fetcher import OciFetcher
 from wasmxds.modules.resolver import ModuleResolver
@@ -35,12 +42,12 @@ FAST_RETRY = Backoff(initial=0.05, max=0.2)
 MODULE_DIGEST = hashlib.sha256(WASM).hexdigest()
 
 
-def pull_secret(host: str, password: str) -> PullSecret:
+def pull_secret(host: str, password: str, key: ObjectKey = SECRET) -> PullSecret:
     auth = base64.b64encode(f"{USER}:{password}".encode()).decode()
     config = json.dumps({"auths": {host: {"auth": auth}}})
     text = (
         "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/dockerconfigjson\n"
-        "metadata:\n  name: regcred\n  namespace: team\n"
+        f"metadata:\n  name: {key.name}\n  namespace: {key.namespace}\n"
         f"stringData:\n  .dockerconfigjson: '{config}'\n"
     )
     (found,) = parse_text(text, "secret.yaml").secrets
@@ -62,7 +69,12 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def resolving(
-    tmp_path: Path, *, retry: Backoff = FAST_RETRY, index: ModuleIndex | None = None
+    tmp_path: Path,
+    *,
+    retry: Backoff = FAST_RETRY,
+    index: ModuleIndex | None = None,
+    access_ttl: float = 300.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[Harness]:
     store = ModuleStore(tmp_path / "cache")
     index = index if index is not None else ModuleIndex.load(store.root / INDEX_FILE)
@@ -82,6 +94,8 @@ async def resolving(
         retry=retry,
         index=index,
         pull_secrets=secrets,
+        access_ttl=access_ttl,
+        clock=clock,
     )
     task = asyncio.create_task(resolver.run())
     try:
@@ -247,3 +261,163 @@ async def test_credentials_never_reach_logs_errors_or_status(
     for text in texts:
         for secret in forbidden:
             assert secret not in text
+
+
+# ------------------------------------------------------------ access per credentials
+
+TEAM_A, TEAM_B, TEAM_C = (ObjectKey(ns, "regcred") for ns in ("team-a", "team-b", "team-c"))
+
+
+def _requests(registry: Registry, digest: str) -> int:
+    """How many times the registry was asked for manifest ``digest`` (hex) by digest."""
+    return registry.log_text().count(f"/manifests/sha256:{digest}")
+
+
+async def _eventually(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition``; the deadline only guards against hangs."""
+    async with asyncio.timeout(15.0):
+        while not condition():
+            await asyncio.sleep(0.02)
+    assert condition(), what
+
+
+async def test_cached_digest_needs_this_plugins_own_credentials(
+    auth_registry: Registry, tmp_path: Path
+) -> None:
+    """Naming a cached private digest without credentials that can read it gets nothing."""
+    image = artifact_image(WASM)
+    await asyncio.to_thread(pusher(auth_registry, basic=(USER, PASSWORD)).push, "p", "v1", image)
+    pinned = f"oci://{auth_registry.host}/p@sha256:{image.digest}"
+    host = auth_registry.host
+    async with resolving(tmp_path, retry=SLOW_RETRY) as h:
+        h.secrets.update(
+            {
+                TEAM_A: pull_secret(host, PASSWORD, TEAM_A),
+                TEAM_B: pull_secret(host, "wrong-password", TEAM_B),
+                TEAM_C: pull_secret(host, PASSWORD, TEAM_C),
+            }
+        )
+        owner = ModuleRequest(url=auth_registry.url("p"), pull_secret=TEAM_A)
+        await h.settle(owner, lambda o: isinstance(o, Ready))
+        blobs = auth_registry.log_text().count("/blobs/")
+        borrowers = [
+            ModuleRequest(url=auth_registry.url("p"), sha256=image.digest, pull_secret=TEAM_B),
+            ModuleRequest(url=pinned, pull_secret=TEAM_B),
+            ModuleRequest(url=pinned),
+            ModuleRequest(url=auth_registry.url("p"), sha256=MODULE_DIGEST),
+        ]
+        for request in borrowers:
+            assert isinstance(h.resolver.resolve(request), Pending), request
+            failed = await h.settle(request, lambda o: isinstance(o, Failed))
+            assert isinstance(failed, Failed), request
+            assert isinstance(failed.error, ModuleAccessDeniedError), failed.error
+            assert failed.error.reason == "module_access_denied"
+            assert f"{host}/p@sha256:{image.digest}" in str(failed.error)
+            assert "this plugin may not use it" in str(failed.error)
+        denied = h.resolver.resolve(borrowers[0])
+        assert isinstance(denied, Failed)
+        assert "pull secret team-b/regcred" in str(denied.error)
+        assert "no pull secret and no docker config" in str(h.resolver.resolve(borrowers[2]))
+        # The owner keeps its module; a namespace whose own secret can read it gets it too.
+        assert isinstance(h.resolver.resolve(owner), Ready)
+        allowed = ModuleRequest(url=pinned, pull_secret=TEAM_C)
+        ready = await h.settle(allowed, lambda o: isinstance(o, Ready))
+        assert ready.module.digest == MODULE_DIGEST  # type: ignore[attr-defined]
+    # Re-authorising is a manifest request: no layer was downloaded again.
+    assert auth_registry.log_text().count("/blobs/") == blobs
+
+
+async def test_access_answers_expire_and_follow_the_secret(
+    auth_registry: Registry, tmp_path: Path
+) -> None:
+    """A yes is reused for the TTL, asked again after it, and a changed secret asks at once."""
+    image = artifact_image(WASM)
+    await asyncio.to_thread(pusher(auth_registry, basic=(USER, PASSWORD)).push, "p", "v1", image)
+    pinned = f"oci://{auth_registry.host}/p@sha256:{image.digest}"
+    now = [1000.0]
+    async with resolving(tmp_path, retry=SLOW_RETRY, access_ttl=60.0, clock=lambda: now[0]) as h:
+        h.secrets.update(
+            {
+                TEAM_A: pull_secret(auth_registry.host, PASSWORD, TEAM_A),
+                TEAM_C: pull_secret(auth_registry.host, PASSWORD, TEAM_C),
+            }
+        )
+        await h.settle(
+            ModuleRequest(url=auth_registry.url("p"), pull_secret=TEAM_A),
+            lambda o: isinstance(o, Ready),
+        )
+        borrower = ModuleRequest(url=pinned, pull_secret=TEAM_C)
+        await h.settle(borrower, lambda o: isinstance(o, Ready))
+        asked = _requests(auth_registry, image.digest)
+        now[0] += 59.0
+        assert isinstance(h.resolver.resolve(borrower), Ready)
+        await asyncio.sleep(0.2)  # room for a request that must not happen
+        assert _requests(auth_registry, image.digest) == asked
+        now[0] += 2.0
+        # Expired: still served while the registry is asked again in the background.
+        assert isinstance(h.resolver.resolve(borrower), Ready)
+        await _eventually(lambda: _requests(auth_registry, image.digest) > asked, "re-checked")
+        # Credentials revoked by a changed secret: asked at once, refused.
+        h.secrets.update(
+            {
+                TEAM_A: pull_secret(auth_registry.host, PASSWORD, TEAM_A),
+                TEAM_C: pull_secret(auth_registry.host, "revoked", TEAM_C),
+            }
+        )
+        failed = await h.settle(borrower, lambda o: isinstance(o, Failed))
+        assert isinstance(failed, Failed)
+        assert isinstance(failed.error, ModuleAccessDeniedError)
+
+
+async def test_same_credentials_need_no_registry_after_restart(
+    auth_registry: Registry, tmp_path: Path
+) -> None:
+    """The secret that pulled a module uses it by digest with the registry down; others wait."""
+    image = artifact_image(WASM)
+    await asyncio.to_thread(pusher(auth_registry, basic=(USER, PASSWORD)).push, "p", "v1", image)
+    pinned = f"oci://{auth_registry.host}/p@sha256:{image.digest}"
+    secrets = {
+        TEAM_A: pull_secret(auth_registry.host, PASSWORD, TEAM_A),
+        TEAM_C: pull_secret(auth_registry.host, PASSWORD, TEAM_C),
+    }
+    async with resolving(tmp_path) as h:
+        h.secrets.update(secrets)
+        await h.settle(
+            ModuleRequest(url=auth_registry.url("p"), pull_secret=TEAM_A),
+            lambda o: isinstance(o, Ready),
+        )
+    await auth_registry.stop()
+    index = ModuleIndex.load(tmp_path / "cache" / INDEX_FILE)
+    async with resolving(tmp_path, index=index, retry=SLOW_RETRY) as h:
+        h.secrets.update(secrets)
+        assert isinstance(h.resolver.resolve(ModuleRequest(url=pinned, pull_secret=TEAM_A)), Ready)
+        other = ModuleRequest(url=pinned, pull_secret=TEAM_C)
+        failed = await h.settle(other, lambda o: isinstance(o, Failed))
+        assert isinstance(failed, Failed)
+        # Unreachable is not a refusal: an ordinary fetch failure, retried.
+        assert not isinstance(failed.error, ModuleAccessDeniedError)
+        assert failed.error.reason == "fetch_failed"
+        assert "cannot reach registry" in str(failed.error)
+
+
+async def test_a_url_fetched_with_one_secret_is_not_reused_for_another(
+    auth_registry: Registry, tmp_path: Path
+) -> None:
+    """IfNotPresent reuse is per secret: the same tag with another secret, or none, is pulled."""
+    await asyncio.to_thread(
+        pusher(auth_registry, basic=(USER, PASSWORD)).push, "p", "v1", artifact_image(WASM)
+    )
+    url = auth_registry.url("p")
+    async with resolving(tmp_path, retry=SLOW_RETRY) as h:
+        h.secrets.update(
+            {
+                TEAM_A: pull_secret(auth_registry.host, PASSWORD, TEAM_A),
+                TEAM_B: pull_secret(auth_registry.host, "wrong-password", TEAM_B),
+            }
+        )
+        await h.settle(ModuleRequest(url=url, pull_secret=TEAM_A), lambda o: isinstance(o, Ready))
+        for request in (ModuleRequest(url=url, pull_secret=TEAM_B), ModuleRequest(url=url)):
+            assert isinstance(h.resolver.resolve(request), Pending)
+            failed = await h.settle(request, lambda o: isinstance(o, Failed))
+            assert isinstance(failed, Failed)
+            assert isinstance(failed.error, RegistryAuthError)

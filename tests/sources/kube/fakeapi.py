@@ -1,4 +1,5 @@
-"""A fake Kubernetes API server for WasmPlugins and Secrets: real HTTP(S) on loopback.
+"""A fake Kubernetes API server for WasmPlugins, TrafficExtensions and Secrets: real
+HTTP(S) on loopback.
 
 No API server can run here, so this one speaks the parts of the real protocol
 wasmxds uses, the way the real one does (api-concepts "Efficient detection of
@@ -17,8 +18,11 @@ changes", "Resource versions", "Retrieving large results sets in chunks"):
 - ``fieldSelector`` (``metadata.name``, ``metadata.namespace``, ``type`` for
   Secrets) and ``labelSelector`` (equality and existence), with DELETED/ADDED
   when an update moves an object out of or into a watch's selection.
-- ``PATCH .../wasmplugins/NAME/status`` with ``application/merge-patch+json``
-  (RFC 7386) changes only ``status``; it is recorded in ``status_patches``.
+- ``PATCH .../wasmplugins/NAME/status`` (and ``trafficextensions``) with
+  ``application/merge-patch+json`` (RFC 7386) changes only ``status``; it is
+  recorded in ``status_patches``.
+- ``traffic_extensions=False`` is a cluster without the TrafficExtension CRD:
+  its paths answer 404 (a ``Status``, as the real server's ``NotFound``).
 - bearer-token authentication (401 ``Status`` otherwise), a ``resourceVersion``
   counter shared by all objects, ``generation`` bumped on spec changes of
   custom resources, ``managedFields`` that change on every write.
@@ -57,6 +61,7 @@ __all__ = [
     "StatusPatch",
     "pull_secret",
     "running_fake_kube",
+    "trafficextension",
     "wasmplugin",
 ]
 
@@ -68,11 +73,13 @@ SECRET_TYPE = "kubernetes.io/dockerconfigjson"
 # resource -> (kind, apiVersion, built-in: list items carry no kind/apiVersion)
 _RESOURCES: dict[str, tuple[str, str, bool]] = {
     "wasmplugins": ("WasmPlugin", PLUGIN_API_VERSION, False),
+    "trafficextensions": ("TrafficExtension", PLUGIN_API_VERSION, False),
     "secrets": ("Secret", "v1", True),
 }
 _KINDS = {kind: resource for resource, (kind, _, _) in _RESOURCES.items()}
 _FIELDS = {
     "wasmplugins": {"metadata.name", "metadata.namespace"},
+    "trafficextensions": {"metadata.name", "metadata.namespace"},
     "secrets": {"metadata.name", "metadata.namespace", "type"},
 }
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}  # Go's strconv.ParseBool
@@ -101,6 +108,18 @@ def wasmplugin(
         "kind": "WasmPlugin",
         "metadata": metadata,
         "spec": body,
+    }
+
+
+def trafficextension(
+    name: str, namespace: str = "default", *, spec: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A TrafficExtension manifest as ``kubectl apply`` would send it."""
+    return {
+        "apiVersion": PLUGIN_API_VERSION,
+        "kind": "TrafficExtension",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": dict(spec),
     }
 
 
@@ -156,6 +175,12 @@ def _status(code: int, reason: str, message: str) -> dict[str, Any]:
 
 def _error(code: int, reason: str, message: str) -> web.Response:
     return web.json_response(_status(code, reason, message), status=code)
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    """What the real server answers for a resource whose CRD is not installed."""
+    del request
+    return _error(404, "NotFound", "the server could not find the requested resource")
 
 
 class _BadSelector(ValueError):
@@ -237,6 +262,7 @@ class StatusPatch:
     name: str
     content_type: str
     body: dict[str, Any]
+    resource: str = "wasmplugins"
 
 
 @dataclass(eq=False)
@@ -265,8 +291,10 @@ class FakeKube:
         token: str = "fake-token",
         tls: bool = True,
         watch_gone: Literal["event", "http"] = "event",
+        traffic_extensions: bool = True,
     ) -> None:
         self.token = token
+        self.traffic_extensions = traffic_extensions
         self.watch_gone = watch_gone
         self.ca = trustme.CA() if tls else None
         self.port = 0
@@ -280,7 +308,9 @@ class FakeKube:
         self._compacted = 0
         self._snapshots: dict[str, tuple[int, list[dict[str, Any]]]] = {}
         self._watches: set[_Watch] = set()
-        self._failures: list[int] = []
+        # (status, resource it is for; None: the next request that is not for
+        # trafficextensions, so WasmPlugin tests are not disturbed by that list/watch)
+        self._failures: list[tuple[int, str | None]] = []
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
 
@@ -294,12 +324,18 @@ class FakeKube:
         """Start serving (again, on the same port after :meth:`stop`)."""
         app = web.Application(middlewares=[self._middleware])
         base = f"/apis/{GROUP}/{VERSION}"
-        app.router.add_get(f"{base}/wasmplugins", self._collection)
-        app.router.add_get(f"{base}/namespaces/{{namespace}}/wasmplugins", self._collection)
-        app.router.add_get(f"{base}/namespaces/{{namespace}}/wasmplugins/{{name}}", self._get)
-        app.router.add_patch(
-            f"{base}/namespaces/{{namespace}}/wasmplugins/{{name}}/status", self._patch_status
-        )
+        plurals = ["wasmplugins"]
+        if self.traffic_extensions:
+            plurals.append("trafficextensions")
+        else:
+            app.router.add_route("*", f"{base}/{{tail:.*trafficextensions.*}}", _not_found)
+        for plural in plurals:
+            app.router.add_get(f"{base}/{plural}", self._collection)
+            app.router.add_get(f"{base}/namespaces/{{namespace}}/{plural}", self._collection)
+            app.router.add_get(f"{base}/namespaces/{{namespace}}/{plural}/{{name}}", self._get)
+            app.router.add_patch(
+                f"{base}/namespaces/{{namespace}}/{plural}/{{name}}/status", self._patch_status
+            )
         app.router.add_get("/api/v1/secrets", self._collection)
         app.router.add_get("/api/v1/namespaces/{namespace}/secrets", self._collection)
         app.router.add_get("/api/v1/namespaces/{namespace}/secrets/{name}", self._get)
@@ -381,7 +417,7 @@ class FakeKube:
                 obj["status"] = previous["status"]
             else:
                 obj.pop("status", None)
-        if resource == "wasmplugins":
+        if resource != "secrets":
             metadata["generation"] = generation
         else:
             obj.pop("status", None)
@@ -450,9 +486,10 @@ class FakeKube:
         for watch in self._watches:
             watch.queue.put_nowait(_END)
 
-    def fail_next(self, status: int = 503, count: int = 1) -> None:
-        """Answer the next ``count`` requests with ``status`` (a ``Status`` body)."""
-        self._failures.extend([status] * count)
+    def fail_next(self, status: int = 503, count: int = 1, resource: str | None = None) -> None:
+        """Answer the next ``count`` requests with ``status`` (a ``Status`` body): those
+        for ``resource``, or (None) any but the trafficextensions list/watch."""
+        self._failures.extend([(status, resource)] * count)
 
     def open_watches(self, resource: str = "wasmplugins") -> list[RecordedRequest]:
         return [w.request for w in self._watches if w.resource == resource]
@@ -540,15 +577,27 @@ class FakeKube:
         await self._notify()
         if not authorized:
             return _error(401, "Unauthorized", "Unauthorized")
-        if self._failures:
-            code = self._failures.pop(0)
+        failure = next(
+            (
+                f
+                for f in self._failures
+                if f[1] == self._resource(request)
+                or (f[1] is None and self._resource(request) != "trafficextensions")
+            ),
+            None,
+        )
+        if failure is not None:
+            self._failures.remove(failure)
+            code = failure[0]
             return _error(code, "InternalError", f"injected failure ({code})")
         request[_RECORDED] = recorded
         response: web.StreamResponse = await handler(request)
         return response
 
     def _resource(self, request: web.Request) -> str:
-        return "secrets" if "/secrets" in request.path else "wasmplugins"
+        if "/secrets" in request.path:
+            return "secrets"
+        return "trafficextensions" if "/trafficextensions" in request.path else "wasmplugins"
 
     def _matching(
         self, resource: str, namespace: str | None, selector: _Selector
@@ -689,7 +738,8 @@ class FakeKube:
         return web.json_response(obj)
 
     async def _patch_status(self, request: web.Request) -> web.Response:
-        key = ("wasmplugins", request.match_info["namespace"], request.match_info["name"])
+        resource = self._resource(request)
+        key = (resource, request.match_info["namespace"], request.match_info["name"])
         content_type = request.headers.get("Content-Type", "")
         if content_type.split(";")[0].strip() != "application/merge-patch+json":
             # Custom resources take JSON and merge patches, never strategic merge ones.
@@ -698,9 +748,9 @@ class FakeKube:
             )
         previous = self.objects.get(key)
         if previous is None:
-            return _error(404, "NotFound", f'wasmplugins.{GROUP} "{key[2]}" not found')
+            return _error(404, "NotFound", f'{resource}.{GROUP} "{key[2]}" not found')
         body = await request.json()
-        self.status_patches.append(StatusPatch(key[1], key[2], content_type, body))
+        self.status_patches.append(StatusPatch(key[1], key[2], content_type, body, resource))
         updated = copy.deepcopy(previous)
         if "status" in body:
             updated["status"] = merge_patch(previous.get("status"), body["status"])
@@ -710,7 +760,7 @@ class FakeKube:
             *previous["metadata"].get("managedFields", []),
             {"manager": "wasmxds", "operation": "Update", "subresource": "status", "time": _now()},
         ]
-        self._store("wasmplugins", key, updated, previous, rv)
+        self._store(resource, key, updated, previous, rv)
         await self._notify()
         return web.json_response(updated)
 

@@ -88,6 +88,9 @@ class Credentials:
 
     value: RegistryCredentials | None = field(default=None, repr=False)
     source: str = "no credentials"
+    refused: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    """Called when the registry refuses ``value`` (401/403): a credential helper's kept
+    answer is dropped, so the next try asks the helper again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +422,7 @@ class Repository:
                 return
             if basic is not None or not challenges:
                 if creds is None or not creds.has_basic:
+                    self._refused()
                     raise RegistryAuthError(
                         f"registry {self._host} requires a username and password;"
                         f" {self._credentials.source} has none for it",
@@ -478,6 +482,7 @@ class Repository:
             finally:
                 await response.aclose()
         if status in (401, 403):
+            self._refused()
             raise RegistryAuthError(
                 f"the token service on {realm_host} refused"
                 f" {self._credentials.source} (HTTP {status})",
@@ -491,9 +496,15 @@ class Repository:
             )
         return parse_token(body, realm_host)
 
+    def _refused(self) -> None:
+        if self._credentials.refused is not None:
+            self._credentials.refused()
+
     def _status_error(self, method: str, reply: _Reply) -> ModuleError:
         where = f"{method} {_path_of(reply.url)}"
         detail = f"HTTP {reply.status}{_registry_error(reply.body)}"
+        if reply.status in (401, 403):
+            self._refused()
         if reply.status == 401:
             self._state.token = None
             self._state.basic = None
@@ -512,6 +523,15 @@ class Repository:
         return FetchError(
             f"{where}: {detail}", retryable=retry_later(reply.status), url=self._display_url
         )
+
+    async def get_if_present(
+        self, path: str, *, limit: int, accept: Sequence[str] = ()
+    ) -> bytes | None:
+        """GET ``manifests/<tag>`` or ``blobs/sha256:<hex>`` into memory, at most ``limit``
+        bytes; None when the registry has no such thing (404). The caller checks digests."""
+        headers = {"Accept": ", ".join(accept)} if accept else None
+        reply = await self._call("GET", path, headers=headers, ok=(200, 404), limit=limit)
+        return reply.body if reply.status == 200 else None
 
 
 def _small_body_too_large(_announced: int | None) -> ModuleError:

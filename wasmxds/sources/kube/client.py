@@ -34,6 +34,7 @@ import structlog
 
 from wasmxds.api.objects import API_GROUP, ObjectKey
 from wasmxds.sources.kube.protocol import (
+    EXTENSION_PLURAL,
     MAX_EVENT_BYTES,
     PLUGIN_PLURAL,
     PLUGIN_VERSION,
@@ -165,6 +166,8 @@ class KubeClient:
         self._check_connected()
         if collection.field_selector:
             params["field_selector"] = collection.field_selector
+        if collection.label_selector:
+            params["label_selector"] = collection.label_selector
         common = {"_preload_content": False, "_request_timeout": timeout, **params}
         call: Any
         if collection.resource == "secrets":
@@ -172,11 +175,11 @@ class KubeClient:
             call = self._core.list_namespaced_secret(collection.namespace, **common)
         elif collection.namespace is None:
             call = self._custom.list_cluster_custom_object(
-                API_GROUP, PLUGIN_VERSION, PLUGIN_PLURAL, **common
+                API_GROUP, PLUGIN_VERSION, collection.resource, **common
             )
         else:
             call = self._custom.list_namespaced_custom_object(
-                API_GROUP, PLUGIN_VERSION, collection.namespace, PLUGIN_PLURAL, **common
+                API_GROUP, PLUGIN_VERSION, collection.namespace, collection.resource, **common
             )
         response: aiohttp.ClientResponse = await call
         return response
@@ -260,14 +263,14 @@ class KubeClient:
             response.close()
 
     async def patch_status(self, key: ObjectKey, patch: Mapping[str, Any]) -> None:
-        """Merge-patch the ``status`` subresource of the WasmPlugin ``key``."""
-        what = f"patch status of WasmPlugin {key}"
+        """Merge-patch the ``status`` subresource of the WasmPlugin or TrafficExtension ``key``."""
+        what = f"patch status of {key.described}"
         self._check_connected()
         call = self._custom.patch_namespaced_custom_object_status(
             API_GROUP,
             PLUGIN_VERSION,
             key.namespace,
-            PLUGIN_PLURAL,
+            EXTENSION_PLURAL if key.kind else PLUGIN_PLURAL,
             key.name,
             dict(patch),
             # Custom resources take no strategic merge patch; the library would pick it.

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from wasmxds.api.configsecrets import CONFIG_SECRET_TYPE, ConfigSecret, parse_config_secret
 from wasmxds.api.objects import API_VERSION, KIND, ObjectKey, Problem, Severity, WasmPlugin
 from wasmxds.api.parse import parse_object
 from wasmxds.api.secrets import PullSecret, parse_secret
@@ -22,6 +23,7 @@ __all__ = [
     "Record",
     "needs_parse",
     "origin_of",
+    "parse_config_secret_object",
     "parse_plugin",
     "parse_secret_object",
     "update",
@@ -60,7 +62,7 @@ class Record:
 
     resource_version: str
     generation: int
-    valid: object | None  # the last valid WasmPlugin or PullSecret
+    valid: object | None  # the last valid WasmPlugin, PullSecret or ConfigSecret
     problems: tuple[Problem, ...]
     status: Mapping[str, Any] = field(default_factory=dict)
     invalid: bool = False
@@ -75,7 +77,8 @@ def _kept(key: ObjectKey, what: str) -> Problem:
     return Problem(
         origin_of(key),
         0,
-        f"keeping the last valid version of {what} {key} until the error above is fixed",
+        f"keeping the last valid version of {key if key.kind else f'{what} {key}'} until the"
+        " error above is fixed",
         Severity.WARNING,
     )
 
@@ -107,6 +110,28 @@ def parse_secret_object(
     )
     if parsed is None:  # the field selector keeps other types out; be safe anyway
         return None, []
+    return parsed.secret, list(parsed.problems)
+
+
+def parse_config_secret_object(
+    key: ObjectKey, raw: Mapping[str, Any]
+) -> tuple[ConfigSecret | None, list[Problem]]:
+    """An Opaque Secret a plugin's configuration takes values from (selected by label)."""
+    parsed = parse_config_secret(
+        cast("Mapping[object, object]", raw),
+        source=origin_of(key),
+        line=0,
+        locate=lambda _path: 0,
+        default_namespace=key.namespace,
+    )
+    if parsed is None:
+        # Selected by label, so any type arrives: say why this one cannot be used.
+        found = raw.get("type")
+        message = (
+            f"type: Secret {key} is of type {found!r}; plugin configuration takes values"
+            f" from {CONFIG_SECRET_TYPE} Secrets only"
+        )
+        return None, [Problem(origin_of(key), 0, message)]
     return parsed.secret, list(parsed.problems)
 
 

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from wasmxds.api.objects import API_GROUP, ObjectKey
+from wasmxds.api.configsecrets import LABEL_SELECTOR as CONFIG_LABEL_SELECTOR
+from wasmxds.api.objects import API_GROUP, TRAFFIC_EXTENSION_KIND, ObjectKey
 from wasmxds.api.secrets import PULL_SECRET_TYPE
 from wasmxds.errors import Gone, KubeApiError, KubeConfigError
 from wasmxds.sources.kube import SERVICE_ACCOUNT_CA, SERVICE_ACCOUNT_TOKEN
 
 __all__ = [
+    "EXTENSION_PLURAL",
     "MAX_EVENT_BYTES",
     "PLUGIN_PLURAL",
     "PLUGIN_VERSION",
@@ -37,6 +39,7 @@ __all__ = [
 
 PLUGIN_VERSION = "v1alpha1"
 PLUGIN_PLURAL = "wasmplugins"
+EXTENSION_PLURAL = "trafficextensions"
 # etcd refuses objects over 1.5 MiB; an event line far beyond that is not an event.
 MAX_EVENT_BYTES = 16 << 20
 
@@ -57,36 +60,54 @@ class ClientConfig:
 
 @dataclass(frozen=True, slots=True)
 class Collection:
-    """One list/watch endpoint: WasmPlugins (of a namespace, or all when
-    ``namespace`` is None) or a namespace's image pull secrets."""
+    """One list/watch endpoint: WasmPlugins or TrafficExtensions (of a namespace,
+    or all when ``namespace`` is None), a namespace's image pull secrets, or the
+    Secrets of a namespace that opted in to plugin configuration (``label_selector``)."""
 
-    resource: Literal["wasmplugins", "secrets"]
+    resource: Literal["wasmplugins", "trafficextensions", "secrets"]
     namespace: str | None = None
+    label_selector: str = ""
 
     @classmethod
     def plugins(cls, namespace: str | None = None) -> Collection:
         return cls("wasmplugins", namespace)
 
     @classmethod
+    def extensions(cls, namespace: str | None = None) -> Collection:
+        return cls("trafficextensions", namespace)
+
+    @classmethod
     def pull_secrets(cls, namespace: str) -> Collection:
         return cls("secrets", namespace)
 
+    @classmethod
+    def config_secrets(cls, namespace: str) -> Collection:
+        """The namespace's Secrets labelled for plugin configuration: one list/watch per
+        namespace, however many Secrets its plugins name."""
+        return cls("secrets", namespace, CONFIG_LABEL_SELECTOR)
+
     @property
     def field_selector(self) -> str:
-        # Secrets of other types are none of our business: the server filters them
-        # out, so wasmxds never receives (or holds) unrelated credentials.
+        # Secrets of other types, or not labelled for plugins, are none of our business:
+        # the server filters them out, so wasmxds never receives (or holds) unrelated
+        # credentials. Labelled ones of any type arrive, so a wrong type is reported.
+        if self.label_selector:
+            return ""
         return f"type={PULL_SECRET_TYPE}" if self.resource == "secrets" else ""
 
     @property
     def kind(self) -> str:
-        return "WasmPlugin" if self.resource == "wasmplugins" else "Secret"
+        kinds = {"wasmplugins": "WasmPlugin", "trafficextensions": TRAFFIC_EXTENSION_KIND}
+        return kinds.get(self.resource, "Secret")
 
     @property
     def api_version(self) -> str:
-        return f"{API_GROUP}/{PLUGIN_VERSION}" if self.resource == "wasmplugins" else "v1"
+        return "v1" if self.resource == "secrets" else f"{API_GROUP}/{PLUGIN_VERSION}"
 
     def __str__(self) -> str:
         where = f"namespace {self.namespace}" if self.namespace else "all namespaces"
+        if self.label_selector:
+            return f"secrets labelled {self.label_selector} in {where}"
         return f"{self.resource} in {where}"
 
 
@@ -109,14 +130,16 @@ class WatchEvent:
 
 
 def object_key(value: Mapping[str, Any]) -> ObjectKey | None:
-    """The namespace/name of an object from the API server (None when it has none)."""
+    """The namespace/name (and kind, for a TrafficExtension) of an object from the API
+    server (None when it has none)."""
     metadata = value.get("metadata")
     if not isinstance(metadata, Mapping):
         return None
     namespace, name = metadata.get("namespace"), metadata.get("name")
     if not isinstance(namespace, str) or not isinstance(name, str) or not name:
         return None
-    return ObjectKey(namespace, name)
+    kind = TRAFFIC_EXTENSION_KIND if value.get("kind") == TRAFFIC_EXTENSION_KIND else ""
+    return ObjectKey(namespace, name, kind)
 
 
 def status_error(what: str, status: int, body: bytes) -> KubeApiError:

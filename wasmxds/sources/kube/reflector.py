@@ -77,6 +77,8 @@ class Reflector:
         self.resource_version: str | None = None
         self.synced = asyncio.Event()
         self.tried = asyncio.Event()
+        self.not_found = asyncio.Event()
+        """Set once the collection answered 404 (its CRD is not installed)."""
         self.failures = 0
         """Requests failed in a row (0 while the watch is healthy)."""
         self._on_change = on_change
@@ -106,6 +108,8 @@ class Reflector:
                     self.failures += 1
                     await asyncio.sleep(self._backoff.delay(self.failures))
             except KubeApiError as exc:
+                if exc.status == 404:
+                    self.not_found.set()
                 self.failures += 1
                 delay = self._backoff.delay(self.failures)
                 emit = log.warning if exc.transient else log.error
@@ -214,4 +218,9 @@ def _hint(exc: KubeApiError, collection: Collection) -> str:
         )
     if exc.status == 404 and collection.resource == "wasmplugins":
         return "is the WasmPlugin CRD (wasmplugins.extensions.istio.io) installed?"
+    if exc.status == 404 and collection.resource == "trafficextensions":
+        return (
+            "is the TrafficExtension CRD (trafficextensions.extensions.istio.io, Istio 1.30)"
+            " installed? WasmPlugins are served meanwhile"
+        )
     return ""

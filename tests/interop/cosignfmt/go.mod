@@ -1,0 +1,3 @@
+module wasmxds.test/cosignfmt
+
+go 1.22
