@@ -175,7 +175,8 @@ class HealthMetrics:
         self._messages = Counter(
             "wasmxds_health_metrics_messages",
             "metrics service messages from proxies: accepted, or refused by reason (too_large,"
-            " invalid, too_many_streams, no_xds_stream, identity_mismatch, certificate reasons)",
+            " invalid, too_many_streams, no_xds_stream, identity_mismatch, ambiguous_node,"
+            " implausible, certificate reasons)",
             ["result", "reason"],
             registry=registry,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import math
 import os
 import re
 import sys
@@ -21,7 +22,7 @@ from typing import TypeVar
 
 from wasmxds.api.dockerconfig import valid_helper_name
 from wasmxds.api.keys import VerificationKey, parse_verification_key
-from wasmxds.api.rollout import parse_steps
+from wasmxds.api.rollout import MAX_INTERVAL, parse_steps
 from wasmxds.errors import KeyFormatError, SettingsError
 from wasmxds.flags import Group, Kind, Setting, markdown_table
 from wasmxds.log import LOG_FORMATS, LOG_LEVELS
@@ -526,10 +527,20 @@ ROLLOUT_STEPS: Setting[tuple[float, ...]] = Setting(
     " (e.g. `5,25,100`); a plugin's `rollout.wasmxds.io/steps` annotation overrides it;"
     " `100` alone (the default) sends every change everywhere at once",
 )
+
+
+def _parse_rollout_interval(text: str) -> float:
+    seconds = parse_duration(text)
+    # A long digit string overflows to inf, which no JSON view or timer can hold.
+    if not math.isfinite(seconds) or seconds > MAX_INTERVAL:
+        raise SettingsError(f"invalid rollout interval {text[:40]!r}: at most 7 days (168h)")
+    return seconds
+
+
 ROLLOUT_INTERVAL: Setting[float] = Setting(
     field="rollout_interval",
     flag="--rollout-interval",
-    parse=parse_duration,
+    parse=_parse_rollout_interval,
     default="60s",
     metavar="DUR",
     help="default time each rollout step bakes (ACKed and healthy) before the next",

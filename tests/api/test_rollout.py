@@ -15,8 +15,11 @@ from wasmxds.api.rollout import (
     RolloutPolicy,
     parse_interval,
     parse_steps,
+    rollout_issues,
     rollout_policy,
 )
+from wasmxds.errors import SettingsError
+from wasmxds.settings import ROLLOUT_INTERVAL
 
 
 @pytest.fixture(autouse=True)
@@ -91,3 +94,24 @@ def test_validate_names_the_annotation_and_its_line(
         f'{path}:7: metadata.annotations["rollout.wasmxds.io/interval"]:'
         " '60' is not a duration: use a number with ms, s, m or h (e.g. 60s)",
     ]
+
+
+@pytest.mark.parametrize("text", ["9" * 400 + "h", "169h", "7.5d", "604801s"])
+def test_interval_must_be_finite_and_at_most_a_week(text: str) -> None:
+    """An interval that overflows to inf or exceeds 7 days is refused with a sentence."""
+    with pytest.raises(ValueError, match=r"(at most 7 days|not a duration)") as caught:
+        parse_interval(text)
+    assert "inf" not in str(caught.value).split("(")[0]
+    issues = rollout_issues({"rollout.wasmxds.io/interval": text}, lambda path: 4)
+    assert len(issues) == 1, issues
+    assert issues[0].line == 4
+    assert parse_interval("168h") == 7 * 24 * 3600.0
+
+
+def test_rollout_interval_flag_is_bounded_too() -> None:
+    """--rollout-interval refuses the same overflowing or too-long durations."""
+    with pytest.raises(SettingsError, match="at most 7 days"):
+        ROLLOUT_INTERVAL.parse("9" * 400 + "h")
+    with pytest.raises(SettingsError, match="at most 7 days"):
+        ROLLOUT_INTERVAL.parse("200h")
+    assert ROLLOUT_INTERVAL.parse("90s") == 90.0

@@ -141,3 +141,80 @@ def test_validate_names_the_annotation_and_its_line(
         f'{path}:8: metadata.annotations["scope.wasmxds.io/override.strict.config"]:'
         " not JSON: Expecting value (line 1 column 11)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value", "why"),
+    [
+        (
+            "scope.wasmxds.io/hosts",
+            ",".join(f"h{i}.example.com" for i in range(20000)),
+            "at most 64",
+        ),
+        ("scope.wasmxds.io/routes", ",".join(f"r{i}" for i in range(65)), "at most 64"),
+        ("scope.wasmxds.io/override.a.path-prefixes", "/a," * 64 + "/b", "at most 64"),
+        ("scope.wasmxds.io/hosts", "a" * 254 + ".com", "at most 253 characters"),
+        ("scope.wasmxds.io/routes", "r" * 257, "at most 256 characters"),
+        ("scope.wasmxds.io/path-prefixes", "/" + "p" * 1024, "at most 1024 characters"),
+    ],
+)
+def test_lists_are_bounded_in_items_and_characters(annotation: str, value: str, why: str):
+    """A scope list longer than 64 items, or an item over its length limit, is refused."""
+    annotations = {annotation: value}
+    if ".a." in annotation:
+        annotations["scope.wasmxds.io/override.a.config"] = "{}"
+    issues = scope_issues(annotations, lambda path: 5, http=True)
+    assert [i.path[-1] for i in issues] == [annotation], issues
+    assert why in issues[0].message, issues
+    assert issues[0].line == 5
+
+
+def test_sixty_four_items_of_the_longest_kind_are_accepted():
+    """The limits themselves are allowed: 64 hosts of 253 characters."""
+    host = "a" * 249 + ".com"
+    hosts = ",".join(f"{i:02d}{host[2:]}" for i in range(64))
+    assert scope_issues({"scope.wasmxds.io/hosts": hosts}, lambda path: 0, http=True) == []
+
+
+def test_host_matching_is_exact_or_glob_in_any_case():
+    """Exact names match case-insensitively via the set; '*' patterns by glob."""
+    selector = plugin_scope({"scope.wasmxds.io/hosts": "API.example.com,*.internal"}).selector
+    assert selector.host_matches(("api.EXAMPLE.com",))
+    assert selector.host_matches(("x.Internal",))
+    assert selector.host_matches(("*.internal",))
+    assert not selector.host_matches(("example.com", "internal"))
+
+
+def test_overrides_on_a_lua_extension_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Lua TrafficExtension has no pluginConfig: a per-route override is refused at its line."""
+    path = tmp_path / "lua.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            apiVersion: extensions.istio.io/v1alpha1
+            kind: TrafficExtension
+            metadata:
+              name: lua-header
+              namespace: default
+              annotations:
+                scope.wasmxds.io/hosts: "api.example.com"
+                scope.wasmxds.io/override.strict.routes: "checkout"
+                scope.wasmxds.io/override.strict.config: '{"limit": 1}'
+            spec:
+              phase: AUTHN
+              lua:
+                inlineCode: |
+                  function envoy_on_request(request_handle) end
+            """
+        )
+    )
+    assert run_validate(str(path)) == 1
+    out, _ = capsys.readouterr()
+    assert out.splitlines() == [
+        f'{path}:9: metadata.annotations["scope.wasmxds.io/override.strict.config"]:'
+        " overrides change pluginConfig, which a Lua TrafficExtension does not have;"
+        " remove scope.wasmxds.io/override.strict.* (scope.wasmxds.io/hosts, routes and"
+        " path-prefixes do apply to Lua)",
+    ]

@@ -284,3 +284,54 @@ async def test_certificate_mode_refuses_a_certificate_without_spiffe_id(tmp_path
         assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "no SPIFFE ID" in (failure.value.details() or "")
         assert served.events.messages == [("refused", "no_spiffe_id")]
+
+
+async def test_certificate_mode_refuses_samples_when_two_identities_claim_a_node_id(tmp_path, ca):
+    """team-b opening its own ADS stream as team-a's edge-1 cannot report health for edge-1."""
+    async with (
+        serving(tls=tls_files(tmp_path, ca), policy=IdentityPolicy()) as served,
+        ads_stream(served.xds, ca, client_cert(ca, TEAM_A), {}) as victim,
+    ):
+        await victim.send(request("team-a.pa"))
+        await victim.receive()
+        async with ads_stream(served.xds, ca, client_cert(ca, TEAM_B), {}) as attacker:
+            await attacker.send(request("team-b.pb"))
+            await attacker.receive()
+            for uri in (TEAM_B, TEAM_A):
+                sent = len(served.events.messages)
+                async with mtls_channel(served, ca, uri) as channel:
+                    client = MetricsClient(channel)
+                    await client.send(metrics_message("edge-1", TRAFFIC))
+                    await until(lambda: len(served.events.messages) > sent)  # noqa: B023
+                    await client.finish()
+            # Neither side's samples count while both hold streams as edge-1.
+            assert served.events.messages == [("refused", "ambiguous_node")] * 2
+            assert served.health.node_health("edge-1") is None
+            verdict = served.health.verdict(["edge-1"], [], since=0, plugin="default/trap")
+            assert verdict.healthy, verdict.reason
+        # The attacker gone, team-a's own samples count again.
+        async with mtls_channel(served, ca, TEAM_A) as channel:
+            client = MetricsClient(channel)
+            await client.send(metrics_message("edge-1", TRAFFIC))
+            await until(lambda: len(served.events.messages) == 3)
+            await client.finish()
+        assert served.events.messages[-1] == ("accepted", "")
+        view = served.health.node_health("edge-1")
+        assert view is not None
+        assert view["requests"] == 10
+
+
+async def test_a_flush_with_implausible_counters_is_refused_and_counted():
+    """A flush claiming more requests than any proxy serves is dropped, counted ``implausible``."""
+    async with serving() as served, plain_channel(served) as channel:
+        client = MetricsClient(channel)
+        await client.send(
+            metrics_message(
+                "liar",
+                {"http.in.downstream_rq_completed": 1e15, "http.in.downstream_rq_5xx": 1e15},
+            )
+        )
+        await until(lambda: len(served.events.messages) == 1)
+        await client.finish()
+    assert served.events.messages == [("refused", "implausible")]
+    assert served.health.node_health("liar") is None

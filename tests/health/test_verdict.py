@@ -5,7 +5,13 @@ from __future__ import annotations
 import tracemalloc
 
 from wasmxds.health.report import NodeReport, plugin_of
-from wasmxds.health.verdict import MARGIN, MIN_REQUESTS, FleetHealth
+from wasmxds.health.verdict import (
+    MARGIN,
+    MAX_FLUSH_REQUESTS,
+    MIN_NODE_REQUESTS,
+    MIN_REQUESTS,
+    FleetHealth,
+)
 
 PLUGIN = "default.trap"
 T0 = 1_000_000.0
@@ -195,3 +201,81 @@ def test_plugin_of_reads_the_plugin_name_from_failure_stats():
     assert plugin_of("wasm.default.trap.vm_reload") == "default.trap"
     assert plugin_of("wasm.envoy.wasm.runtime.v8.created") is None
     assert plugin_of("wasm.vm_reload") is None
+
+
+def test_one_old_proxy_with_huge_counters_cannot_set_the_baseline():
+    """The baseline is the median of old proxies' own rates: one liar cannot switch rollback off."""
+    health = FleetHealth()
+    for i in range(3):
+        traffic(health, f"new-{i}", at=T0 + 5, requests=100, errors=100)
+    traffic(health, "old-0", at=T0 + 5, requests=100, errors=0)
+    traffic(health, "old-1", at=T0 + 5, requests=100, errors=1)
+    traffic(health, "old-evil", at=T0 + 5, requests=900_000, errors=900_000)
+    verdict = health.verdict(
+        [f"new-{i}" for i in range(3)], ["old-0", "old-1", "old-evil"], since=T0, plugin=PLUGIN
+    )
+    print(verdict.details["rates"])
+    assert not verdict.healthy
+    assert verdict.details["rates"]["baseline_rate"] == 0.01
+
+
+def test_a_quiet_old_proxy_does_not_count_towards_the_baseline():
+    """An old proxy with too few requests for a rate of its own is left out of the median."""
+    health = FleetHealth()
+    traffic(health, "new-1", at=T0 + 5, requests=100, errors=100)
+    traffic(
+        health, "old-quiet", at=T0 + 5, requests=MIN_NODE_REQUESTS - 1, errors=MIN_NODE_REQUESTS - 1
+    )
+    traffic(health, "old-busy", at=T0 + 5, requests=100, errors=0)
+    verdict = health.verdict(["new-1"], ["old-quiet", "old-busy"], since=T0, plugin=PLUGIN)
+    assert not verdict.healthy
+    assert verdict.details["rates"]["baseline_rate"] == 0.0
+
+
+def test_an_implausible_flush_is_ignored_whole():
+    """More than MAX_FLUSH_REQUESTS in one flush, or non-finite counters: observe refuses it."""
+    health = FleetHealth()
+    for report in (
+        NodeReport(requests=MAX_FLUSH_REQUESTS + 1, errors=0),
+        NodeReport(requests=float("nan"), errors=0),
+        NodeReport(requests=10, errors=float("inf")),
+    ):
+        assert not health.observe("liar", report, at=T0)
+    assert health.node_health("liar") is None
+    assert health.observe("liar", NodeReport(requests=MAX_FLUSH_REQUESTS, errors=0), at=T0)
+
+
+def test_figures_count_only_for_the_identity_bound_to_the_node():
+    """Figures of a node id reported under another identity are never read, nor merged."""
+    owner: dict[str, str | None] = {"edge-1": "spiffe://a"}
+    health = FleetHealth()
+    health.bind_identities(lambda node: owner.get(node))
+    health.observe("edge-1", NodeReport(requests=100, errors=100), at=T0 + 5, identity="spiffe://b")
+    assert health.node_health("edge-1") is None
+    assert not health.verdict(["edge-1"], [], since=T0, plugin=PLUGIN).known
+    health.observe("edge-1", NodeReport(requests=100, errors=0), at=T0 + 6, identity="spiffe://a")
+    verdict = health.verdict(["edge-1"], [], since=T0, plugin=PLUGIN)
+    assert verdict.healthy
+    assert verdict.known
+    assert verdict.details["rates"]["new_5xx"] == 0
+    owner["edge-1"] = None  # two identities hold streams as edge-1 now: nobody's figures count
+    assert not health.verdict(["edge-1"], [], since=T0, plugin=PLUGIN).known
+
+
+def test_a_hostile_node_stays_small_whatever_names_it_sends():
+    """Long node ids and a new failure stat name per flush keep a node within 9 KiB."""
+    health = FleetHealth()
+    traffic(health, "warm-up", at=T0, requests=1, errors=0)
+    nodes = 300
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for n in range(nodes):
+        node = f"node-{n:06d}-" + "x" * 500
+        for k in range(200):
+            stat = f"wasm.{'p' * 100}{n}-{k}.vm_reload"
+            health.observe(node, NodeReport({stat: 1.0}, 1.0, 0.0), at=T0 + 11 * k)
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    per_node = used / nodes
+    print(f"{per_node / 1024:.1f} KiB per node; 20,000 nodes: {per_node * 20_000 / 1e6:.0f} MB")
+    assert per_node < 9 * 1024

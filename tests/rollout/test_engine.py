@@ -3,6 +3,8 @@ operator controls, and staying rolled back until the version changes."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +14,8 @@ from tests.factories import make_plugin
 from tests.rollout.harness import Fleet, default_policy, resources, staged_plugin
 from tests.xds.helpers import request
 from wasmxds.errors import RolloutError, RolloutNotFound
-from wasmxds.rollout.engine import resource_version
+from wasmxds.rollout.engine import ack_deadline, resource_version
+from wasmxds.rollout.engine import versions as rollout_versions
 
 NAME = "default.p"
 
@@ -83,6 +86,30 @@ def test_a_step_waits_for_every_ack():
     late.sync(fleet.snapshot)
     fleet.tick(0.5)
     assert fleet.engine.view("default/p")["step"] == 1
+
+
+def test_a_proxy_that_never_acks_pauses_the_rollout_and_is_named():
+    """A step some proxy never ACKs pauses after its ACK deadline, naming the proxy."""
+    fleet = Fleet(20)
+    fleet.push(staged_plugin(pluginConfig={"v": 1}, steps="50,100", interval="10s"))
+    silent = next(p for p in fleet.proxies if p.node.cohort < 50)
+    silent.node = dataclasses.replace(silent.node, id="x" * 300)
+    silent.sync = lambda snapshot: []  # type: ignore[method-assign]  # connected, never answers
+    fleet.push(staged_plugin(pluginConfig={"v": 2}, steps="50,100", interval="10s"))
+    fleet.tick(ack_deadline(10) - 1)
+    view = fleet.engine.view("default/p")
+    assert (view["phase"], view["step"]) == ("Progressing", 0)
+    fleet.tick(1)
+    view = fleet.engine.view("default/p")
+    print("ack deadline for a 10s interval:", ack_deadline(10), "s")
+    assert (view["phase"], view["step"]) == ("Paused", 0)
+    assert view["reason"] == f"waiting for 1 proxies to ACK: {'x' * 200}…"
+    assert view["proxies"]["waiting_nodes"] == ["x" * 200 + "…"]
+    assert view["history"][-1]["event"] == "stalled"
+    fleet.tick(3600)
+    assert fleet.engine.view("default/p")["phase"] == "Paused", "it stays paused"
+    fleet.engine.promote("default/p")
+    assert fleet.engine.view("default/p")["phase"] == "Complete"
 
 
 def test_nack_rolls_back_everywhere_and_the_rest_never_see_it():
@@ -214,3 +241,42 @@ def test_reverting_the_spec_ends_the_rollout():
     fleet.push(staged_plugin(pluginConfig={"v": 1}))
     assert fleet.engine.views() == []
     assert len(fleet.holding(NAME, old)) == len(fleet.proxies)
+
+
+def _with_override(limit: int) -> Any:
+    plugin = staged_plugin(pluginConfig={"v": 1}, steps="50,100", interval="10s")
+    annotations = dict(plugin.annotations)
+    annotations["scope.wasmxds.io/override.strict.routes"] = "checkout"
+    annotations["scope.wasmxds.io/override.strict.config"] = json.dumps({"limit": limit})
+    return dataclasses.replace(plugin, annotations=annotations)
+
+
+def test_an_override_only_change_is_staged_and_its_nack_rolls_back():
+    """A change of a per-route override's config alone rolls out in steps; its NACK rolls back."""
+    override = "default.p~strict"
+    fleet = Fleet(20, names=(NAME, override))
+    fleet.push(_with_override(5))
+    before = {p.holds(override) for p in fleet.proxies}
+    assert len(before) == 1
+    fleet.push(_with_override(1))
+    view = fleet.engine.view("default/p")
+    assert (view["phase"], view["step"]) == ("Progressing", 0)
+    changed = {p.node.id for p in fleet.proxies if p.holds(override) not in before}
+    assert changed == {p.node.id for p in fleet.proxies if p.node.cohort < 50}
+    assert 0 < len(changed) < 20
+    fleet.tick(10)
+    assert fleet.engine.view("default/p")["step"] == 1
+
+    again = Fleet(20, names=(NAME, override))
+    again.push(_with_override(5))
+    bad = {p.holds(override) for p in again.proxies}
+    third = _with_override(9)
+    _, ecds = rollout_versions(resources(third))
+    for proxy in again.proxies:
+        proxy.reject = {ecds[override]}
+    again.push(third)
+    view = again.engine.view("default/p")
+    assert view["phase"] == "RolledBack", view["reason"]
+    assert ecds[override] in view["reason"]
+    again.push(third)  # the pass the rollback triggers
+    assert {p.holds(override) for p in again.proxies} == bad

@@ -405,7 +405,8 @@ class _Object:
             self.issues.extend(annotation_issues(self.annotations, extension.spec, self.locate))
             self.issues.extend(rollout_issues(self.annotations, self.locate))
             http = extension.spec.type != wasm_pb2.NETWORK
-            self.issues.extend(scope_issues(self.annotations, self.locate, http=http))
+            lua = extension.lua is not None
+            self.issues.extend(scope_issues(self.annotations, self.locate, http=http, lua=lua))
             return extension.spec
         if value is None:
             self.error(("spec",), "required: the WasmPlugin spec")

@@ -17,6 +17,7 @@ staging off for the plugin.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from wasmxds.api.convert import FieldPath, Issue, Locator
 
 __all__ = [
     "INTERVAL_ANNOTATION",
+    "MAX_INTERVAL",
     "NO_STAGING",
     "STEPS_ANNOTATION",
     "RolloutPolicy",
@@ -40,6 +42,7 @@ INTERVAL_ANNOTATION = "rollout.wasmxds.io/interval"
 _MAX_STEPS = 20
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_INTERVAL = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +89,14 @@ def parse_interval(text: str) -> float:
     match = _DURATION.match(text)
     if not match:
         raise ValueError(f"{text!r} is not a duration: use a number with ms, s, m or h (e.g. 60s)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    # A long digit string overflows to inf, which no JSON view or timer can hold.
+    if not math.isfinite(seconds) or seconds > MAX_INTERVAL:
+        raise ValueError(
+            f"{text[:40]!r} is too long an interval: at most 7 days (168h), so a rollout "
+            "step bakes for a bounded time"
+        )
+    return seconds
 
 
 def rollout_policy(annotations: Mapping[str, str], default: RolloutPolicy) -> RolloutPolicy:

@@ -50,6 +50,10 @@ _DIMENSIONS = ("hosts", "routes", "path-prefixes")
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 _MAX_OVERRIDES = 16
 _HOST = re.compile(r"^[A-Za-z0-9.*-]+(:(\d+|\*))?$")
+# Matching costs routes x domains x items per plugin, so lists are bounded: 64 is
+# far more than a hand-written scope needs. 253 is DNS's name limit.
+_MAX_ITEMS = 64
+_MAX_CHARS = {"hosts": 253, "routes": 256, "path-prefixes": 1024}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,15 @@ class Selector:
     hosts: tuple[str, ...] = ()
     routes: tuple[str, ...] = ()
     path_prefixes: tuple[str, ...] = ()
+    # Compiled once per plugin: matching runs per route x domain on every translation.
+    _exact_hosts: frozenset[str] = field(init=False, repr=False, compare=False)
+    _glob_hosts: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        exact = frozenset(p.lower() for p in self.hosts if "*" not in p)
+        globs = tuple(re.compile(fnmatch.translate(p.lower())) for p in self.hosts if "*" in p)
+        object.__setattr__(self, "_exact_hosts", exact)
+        object.__setattr__(self, "_glob_hosts", globs)
 
     @property
     def everywhere(self) -> bool:
@@ -68,11 +81,11 @@ class Selector:
         """A virtual host matches when any of its domains matches any pattern (glob, any case)."""
         if not self.hosts:
             return True
-        return any(
-            fnmatch.fnmatchcase(domain.lower(), pattern.lower()) or domain == pattern
-            for domain in domains
-            for pattern in self.hosts
-        )
+        for domain in domains:
+            lowered = domain.lower()
+            if lowered in self._exact_hosts or any(g.match(lowered) for g in self._glob_hosts):
+                return True
+        return False
 
     def route_matches(self, name: str, path: str | None) -> bool:
         """``path``: the route's literal prefix or path match (None for regex and other kinds)."""
@@ -109,9 +122,19 @@ UNSCOPED = PluginScope()
 
 def _items(text: str, dimension: str) -> tuple[str, ...]:
     parts = tuple(part.strip() for part in text.split(","))
+    if len(parts) > _MAX_ITEMS:
+        raise ValueError(
+            f"at most {_MAX_ITEMS} {dimension} per annotation (got {len(parts)}): "
+            "use '*' patterns or fewer items"
+        )
     if not text.strip() or any(not part for part in parts):
         raise ValueError(f"{text!r} is not a comma-separated list of {dimension} (no empty items)")
     for part in parts:
+        if len(part) > _MAX_CHARS[dimension]:
+            raise ValueError(
+                f"{part[:40]!r}... is too long: at most {_MAX_CHARS[dimension]} characters "
+                f"per item of {dimension} (got {len(part)})"
+            )
         if dimension == "hosts" and (not _HOST.match(part) or part.count("*") > 1):
             raise ValueError(
                 f"{part!r} is not a host: use a domain, optionally with one '*' "
@@ -206,12 +229,26 @@ def plugin_scope(annotations: Mapping[str, str]) -> PluginScope:
     return scope
 
 
-def scope_issues(annotations: Mapping[str, str], locate: Locator, *, http: bool) -> list[Issue]:
-    """Validation problems of the scope annotations, at the annotation's line."""
+def scope_issues(
+    annotations: Mapping[str, str], locate: Locator, *, http: bool, lua: bool = False
+) -> list[Issue]:
+    """Validation problems of the scope annotations, at the annotation's line. ``lua``: the
+    plugin is a Lua TrafficExtension, which has no pluginConfig for an override to patch."""
     scope, problems = _parse(annotations)
     if not http and (scope.scoped or problems):
         key = next(k for k in sorted(annotations) if k.startswith(PREFIX))
         problems = [(key, "scope annotations apply to HTTP plugins only (type is NETWORK)")]
+    elif lua:
+        for override in scope.overrides:
+            where = f"{PREFIX}override.{override.label}"
+            problems.append(
+                (
+                    f"{where}.config",
+                    "overrides change pluginConfig, which a Lua TrafficExtension does not "
+                    f"have; remove {where}.* ({PREFIX}hosts, routes and path-prefixes do "
+                    "apply to Lua)",
+                )
+            )
     issues = []
     for annotation, message in problems:
         path: FieldPath = ("metadata", "annotations", annotation)

@@ -16,12 +16,17 @@ stream only its node id and identity are kept, and per node a few KiB
 
 **Identity.** With ``--node-identity certificate`` (``identity`` given), a
 stream's client certificate must carry a SPIFFE ID, and its samples count only
-while the same node id has a live ADS/ECDS stream proven by the same SPIFFE ID:
-otherwise a proxy of namespace A could report bad health for B's proxies and
-roll B's plugins back. Samples that fail this are dropped and counted
-(``no_xds_stream``, ``identity_mismatch``), not fatal: Envoy's first flush may
-come before its ADS stream is up. With metadata identity, anyone who reaches
-the xDS port can report health for any node id.
+while the same node id's live ADS/ECDS streams are ALL proven by that same
+SPIFFE ID: otherwise a proxy of namespace A could report bad health for B's
+proxies and roll B's plugins back (by opening an ADS stream of its own under
+B's node id, say). Samples that fail this are dropped and counted
+(``no_xds_stream``, ``identity_mismatch``, ``ambiguous_node`` when two identities
+hold streams under one node id), not fatal: Envoy's first flush may come before
+its ADS stream is up. Figures count for (node id, identity), and verdicts read a
+node's figures only while its streams' sole identity is the one that reported
+them. With metadata identity, anyone who reaches the xDS port can report health
+for any node id. A flush with implausible counters is dropped and counted
+(``implausible``).
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
 DEFAULT_MAX_STREAMS = 20_000
 DEFAULT_MAX_STREAMS_PER_NODE = 2
 """One per proxy, and one more while a reconnect overlaps the old stream's end."""
-MAX_NODE_ID = 1024
+MAX_NODE_ID = 512
+"""Istio's node ids (``sidecar~ip~pod.ns~ns.svc.cluster.local``) fit; health keeps each."""
 
 
 class HealthEvents(Protocol):
@@ -100,6 +106,16 @@ class MetricsService:
         self._streams: dict[str, int] = {}
         self._open = 0
         self._refusals = RefusalLog("health.metrics_refused")
+        if identity is not None:
+            health.bind_identities(self._sole_identity)
+
+    def _sole_identity(self, node_id: str) -> str | None:
+        """The one identity all of ``node_id``'s live xDS streams carry; None if none or several."""
+        live = set(self._xds_identities(node_id))
+        if len(live) != 1:
+            return None
+        (only,) = live
+        return None if only is None else str(only)
 
     @property
     def open_streams(self) -> int:
@@ -215,13 +231,22 @@ class MetricsService:
 
     def _take(self, node_id: str, proven: SpiffeId | None, raw: bytes) -> None:
         if self._identity is not None:
-            live = self._xds_identities(node_id)
-            if proven not in live:
-                self._events.on_metrics_message(
-                    "refused", "identity_mismatch" if live else "no_xds_stream", 0
+            live = set(self._xds_identities(node_id))
+            if live != {proven}:
+                reason = (
+                    "ambiguous_node"
+                    if len(live) > 1
+                    else "identity_mismatch"
+                    if live
+                    else "no_xds_stream"
                 )
+                self._events.on_metrics_message("refused", reason, 0)
                 return
         # Only the few wanted families are decoded (counters.scan_families).
         report, samples = read_report(scan_families(raw))
-        self.health.observe(node_id, report)
+        if not self.health.observe(
+            node_id, report, identity=None if proven is None else str(proven)
+        ):
+            self._events.on_metrics_message("refused", "implausible", 0)
+            return
         self._events.on_metrics_message("accepted", "", samples)

@@ -3,7 +3,8 @@
 Envoy reports its stats over the metrics service (:mod:`wasmxds.health.metrics_service`)
 every flush interval, counters as deltas since the previous flush
 (``report_counters_as_deltas``, which ``wasmxds bootstrap --stats-sink`` sets).
-:class:`FleetHealth` keeps, per node id, only what a verdict needs:
+:class:`FleetHealth` keeps, per node id, only what a verdict needs, and only from
+one proven identity (see :meth:`FleetHealth.bind_identities`):
 
 - **Wasm failures**: when a Wasm failure counter rose, which, and by how much
   (:mod:`wasmxds.health.counters` says which Envoy stats those are; Envoy 1.40
@@ -20,10 +21,15 @@ The rule (:meth:`FleetHealth.verdict`), for plugin ``P`` since time ``since``:
 2. **Unhealthy** when the new-version proxies completed at least
    :data:`MIN_REQUESTS` requests since ``since`` and their 5xx rate exceeds the
    baseline by more than :data:`MARGIN` (5 percentage points). The baseline is
-   the old-version proxies' 5xx rate since ``since`` when they completed at
-   least :data:`MIN_REQUESTS`; else the new proxies' own rate before ``since``
-   (their previous version) when that covers :data:`MIN_REQUESTS`; else 0 (no
+   the median of the old-version proxies' own 5xx rates since ``since``, each
+   proxy with at least :data:`MIN_NODE_REQUESTS` counting once (so one proxy
+   reporting huge counters cannot set it); without any, the median of the new
+   proxies' own rates before ``since`` (their previous version); else 0 (no
    evidence of errors before the change).
+
+A flush claiming more than :data:`MAX_FLUSH_REQUESTS` requests, or counters
+that are not finite, is implausible and ignored whole (:meth:`FleetHealth.observe`
+returns False, for the caller to count).
 3. **Healthy** otherwise.
 
 **No data** (no new-version proxy has reported since ``since``, e.g. no stats
@@ -43,6 +49,8 @@ too); replicas may judge the same rollout on different figures.
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from array import array
 from collections import deque
@@ -55,6 +63,8 @@ from wasmxds.health.report import NodeReport, plugin_of
 __all__ = [
     "HEALTH_WINDOW",
     "MARGIN",
+    "MAX_FLUSH_REQUESTS",
+    "MIN_NODE_REQUESTS",
     "MIN_REQUESTS",
     "FleetHealth",
     "HealthVerdict",
@@ -62,12 +72,20 @@ __all__ = [
 ]
 
 MIN_REQUESTS = 20
-"""Requests the new proxies need since ``since`` before their 5xx rate counts, and a
-baseline before it is used (below it, the next baseline, then 0)."""
+"""Requests the new proxies need since ``since`` before their 5xx rate counts."""
 MARGIN = 0.05
 """How far (as a fraction: 5 percentage points) the new 5xx rate may exceed the old."""
+MIN_NODE_REQUESTS = 10
+"""Requests a proxy needs in the period before its own 5xx rate counts towards a baseline."""
+MAX_FLUSH_REQUESTS = 1e6
+"""Requests one flush (5 s) may claim: 200k/s per proxy is beyond any Envoy; more is a lie."""
+MAX_FAILURE_STAT = 400
+"""Longest failure stat name kept: ``wasm.`` + a namespace (63) + ``.`` + a name (253) +
+the suffix fits; a longer one names no plugin wasmxds serves."""
+_FAILURE_STATS_KEPT = 8
+"""Distinct failure stat names kept per node: a proxy has a few plugins."""
 
-_FAILURES_KEPT = 32
+_FAILURES_KEPT = 16
 """Failure events kept per node (the newest): a verdict needs one after ``since``."""
 _CHECKPOINT_EVERY = 10.0
 """Seconds between kept request checkpoints: the precision of ``since`` for rates."""
@@ -98,9 +116,11 @@ class HealthVerdict:
 class _Node:
     """What one node reported: failure events, and request totals with checkpoints."""
 
-    __slots__ = ("checkpoints", "errors", "failures", "last_seen", "requests")
+    __slots__ = ("checkpoints", "errors", "failures", "identity", "last_seen", "requests")
 
-    def __init__(self) -> None:
+    def __init__(self, identity: str | None) -> None:
+        self.identity = identity
+        """The proven identity (SPIFFE ID) of whoever reported these figures; None: unproven."""
         self.failures: deque[tuple[float, str, float]] = deque(maxlen=_FAILURES_KEPT)
         self.requests = 0.0
         self.errors = 0.0
@@ -110,8 +130,12 @@ class _Node:
         self.last_seen = 0.0
 
     def add(self, report: NodeReport, at: float) -> None:
+        known = {stat for _, stat, _ in self.failures}
         for stat, delta in report.failures.items():
-            if delta > 0:
+            if delta > 0 and len(stat) <= MAX_FAILURE_STAT:
+                if stat not in known and len(known) >= _FAILURE_STATS_KEPT:
+                    continue
+                known.add(stat)
                 self.failures.append((at, stat, delta))
         if not self.checkpoints or at - self.checkpoints[-3] >= _CHECKPOINT_EVERY:
             # The totals before this report are what held at the previous one.
@@ -163,32 +187,63 @@ class FleetHealth:
     """Per node id, the health figures its proxy reported; verdicts over groups of nodes.
 
     Bounded: at most ``max_nodes`` nodes are kept (the one heard from least
-    recently is dropped first), each in about 10 KiB at most whatever it sends.
+    recently is dropped first), each in about 8 KiB at most whatever it sends
+    (node id up to 512 characters): 20,000 nodes in about 160 MB.
     """
 
-    def __init__(self, *, max_nodes: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, max_nodes: int = 20_000, clock: Callable[[], float] = time.time) -> None:
         self._nodes: dict[str, _Node] = {}
         self._max_nodes = max_nodes
         self._clock = clock
+        self._identity_of: Callable[[str], str | None] | None = None
+
+    def bind_identities(self, identity_of: Callable[[str], str | None]) -> None:
+        """Count a node's figures only while they come from ``identity_of(node_id)``.
+
+        With certificate identity: the one SPIFFE ID all of the node id's live xDS
+        streams carry (None when none, or several). A node id's figures reported
+        under another identity are never read, so one namespace's proxy cannot
+        speak for another's.
+        """
+        self._identity_of = identity_of
+
+    def _node(self, node_id: str) -> _Node | None:
+        node = self._nodes.get(node_id)
+        if node is None or self._identity_of is None:
+            return node
+        return node if node.identity == self._identity_of(node_id) else None
 
     def __len__(self) -> int:
         return len(self._nodes)
 
-    def observe(self, node_id: str, report: NodeReport, *, at: float | None = None) -> None:
-        """Record one flush of ``node_id``'s proxy (``at``: when it arrived, default now)."""
+    def observe(
+        self,
+        node_id: str,
+        report: NodeReport,
+        *,
+        at: float | None = None,
+        identity: str | None = None,
+    ) -> bool:
+        """Record one flush of ``node_id``'s proxy (``at``: when it arrived, default now),
+        reported by ``identity`` (its proven SPIFFE ID). False when implausible: ignored."""
+        if not _plausible(report):
+            return False
         when = self._clock() if at is None else at
         node = self._nodes.pop(node_id, None)
+        if node is not None and node.identity != identity:
+            node = None  # figures count for (node id, identity): another's start afresh
         if node is None:
-            node = _Node()
+            node = _Node(identity)
             while len(self._nodes) >= self._max_nodes:
                 del self._nodes[next(iter(self._nodes))]
         self._nodes[node_id] = node  # newest last: the dict's order is the LRU order
         node.add(report, when)
+        return True
 
     def node_health(self, node_id: str, *, window: float = HEALTH_WINDOW) -> dict[str, Any] | None:
         """The verdict on ``node_id`` alone over the last ``window`` seconds, as the debug
         pages show it (any plugin); None when it never reported."""
-        node = self._nodes.get(node_id)
+        node = self._node(node_id)
         if node is None:
             return None
         since = self._clock() - window
@@ -220,14 +275,12 @@ class FleetHealth:
         every plugin's failures. ``old_nodes`` hold the previous version. ``since`` is a
         ``time.time()`` value. See the module docstring for the rule.
         """
-        reporting = [
-            n for n in new_nodes if (node := self._nodes.get(n)) and node.last_seen >= since
-        ]
+        reporting = [n for n in new_nodes if (node := self._node(n)) and node.last_seen >= since]
         resource = plugin.replace("/", ".", 1) or None
         failures = {
             n: counts
             for n in reporting
-            if (counts := self._nodes[n].failures_since(since, resource))
+            if (counts := self._nodes[n].failures_since(since, resource))  # _node(n) checked
         }
         rates = self._rates(new_nodes, old_nodes, since)
         details: dict[str, Any] = {
@@ -262,22 +315,27 @@ class FleetHealth:
     def _rates(
         self, new_nodes: Collection[str], old_nodes: Collection[str], since: float
     ) -> dict[str, Any]:
-        new_requests, new_errors = self._sum(new_nodes, since, before=False)
-        old_requests, old_errors = self._sum(old_nodes, since, before=False)
-        prior_requests, prior_errors = self._sum(new_nodes, since, before=True)
+        new = self._figures(new_nodes, since, before=False)
+        old = self._figures(old_nodes, since, before=False)
+        prior = self._figures(new_nodes, since, before=True)
+        new_requests, new_errors = sum(r for r, _ in new), sum(e for _, e in new)
         rates: dict[str, Any] = {
             "new_requests": new_requests,
             "new_5xx": new_errors,
-            "old_requests": old_requests,
-            "old_5xx": old_errors,
+            "old_requests": sum(r for r, _ in old),
+            "old_5xx": sum(e for _, e in old),
             "compared": new_requests >= MIN_REQUESTS,
         }
-        if old_requests >= MIN_REQUESTS:
+        old_rates = _node_rates(old)
+        prior_rates = _node_rates(prior)
+        if old_rates:
             rates["baseline"] = "the old version since the change"
-            rates["baseline_rate"] = old_errors / old_requests
-        elif prior_requests >= MIN_REQUESTS:
+            rates["baseline_rate"] = statistics.median(old_rates)
+            rates["baseline_proxies"] = len(old_rates)
+        elif prior_rates:
             rates["baseline"] = "the same proxies before the change"
-            rates["baseline_rate"] = prior_errors / prior_requests
+            rates["baseline_rate"] = statistics.median(prior_rates)
+            rates["baseline_proxies"] = len(prior_rates)
         else:
             rates["baseline"] = "no traffic to compare with: 0%"
             rates["baseline_rate"] = 0.0
@@ -287,12 +345,27 @@ class FleetHealth:
             rates["why_not"] = f"5xx rates are compared from {MIN_REQUESTS} requests"
         return rates
 
-    def _sum(self, nodes: Collection[str], since: float, *, before: bool) -> tuple[float, float]:
-        requests = errors = 0.0
+    def _figures(
+        self, nodes: Collection[str], since: float, *, before: bool
+    ) -> list[tuple[float, float]]:
+        """(requests, 5xx) of each of ``nodes`` heard from, after (or before) ``since``."""
+        figures = []
         for n in nodes:
-            node = self._nodes.get(n)
+            node = self._node(n)
             if node is not None:
-                r, e = node.requests_before(since) if before else node.requests_since(since)
-                requests += r
-                errors += e
-        return requests, errors
+                figures.append(
+                    node.requests_before(since) if before else node.requests_since(since)
+                )
+        return figures
+
+
+def _node_rates(figures: list[tuple[float, float]]) -> list[float]:
+    """Each node's own 5xx rate, of those with enough requests for one."""
+    return [min(e / r, 1.0) for r, e in figures if r >= MIN_NODE_REQUESTS]
+
+
+def _plausible(report: NodeReport) -> bool:
+    counts = (report.requests, report.errors, *report.failures.values())
+    return all(math.isfinite(c) for c in counts) and (
+        report.requests <= MAX_FLUSH_REQUESTS and report.errors <= MAX_FLUSH_REQUESTS
+    )

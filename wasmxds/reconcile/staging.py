@@ -56,7 +56,8 @@ class Staging:
 
         A version whose module is gone, that may not be served under today's signature
         rules (``usable``), or that takes values from Secrets (never written to disk) is
-        dropped: its plugin's next change goes everywhere at once, as a first version.
+        dropped: its plugin's next change goes everywhere at once, as a first version, and
+        a saved rollout to the version it has now is held (the engine's ``_hold_unrestored``).
         """
         found: list[tuple[SavedGood, Module]] = []
         for saved in self._saved.entries.values():

@@ -13,7 +13,8 @@ proxy on the old or the new version by its cohort point
   any change of a plugin without steps; a removal is never staged.
 - **Advance**: once the current step's bake time (the interval) is over, every
   connected proxy of the step that the plugin applies to and that subscribes to
-  it has ACKed the new version, and the health verdict stayed healthy.
+  it has ACKed the new version, and the health verdict stayed healthy. A step
+  still waiting for ACKs at :func:`ack_deadline` pauses, naming the proxies.
 - **Rollback**: any NACK of the new version (:meth:`on_rejected`, called by the
   xDS server), an unhealthy verdict, or :meth:`abort` puts every proxy back on
   the previous version; the rollout stays ``RolledBack`` until the plugin's
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -42,26 +44,26 @@ import structlog
 
 from wasmxds.api.objects import ObjectKey
 from wasmxds.api.rollout import NO_STAGING, RolloutPolicy, rollout_policy
+from wasmxds.api.scope import PREFIX as SCOPE_PREFIX
 from wasmxds.errors import RolloutError, RolloutNotFound
 from wasmxds.metrics import Metrics
 from wasmxds.modules.types import Module
-from wasmxds.rollout.model import Phase, Rollout, Version
+from wasmxds.rollout.model import Phase, Rollout, Version, clip
 from wasmxds.rollout.signals import HealthSource, ProxyStream, count
 from wasmxds.rollout.state import RolloutFile
-from wasmxds.translate.plugins import PluginResources
+from wasmxds.translate.plugins import PluginResources, standin_resources
+from wasmxds.translate.routes import base_name, override_resources
 from wasmxds.translate.snapshot import Staged
 from wasmxds.xds.node import NodeInfo
 from wasmxds.xds.resources import prepare
 from wasmxds.xds.types import ECDS
 
-__all__ = ["Plan", "Rollouts", "resource_version"]
+__all__ = ["Plan", "Rollouts", "ack_deadline", "resource_version"]
 
 log = structlog.get_logger(__name__)
 
 # How often active rollouts are looked at (ACKs, health, bake time).
 DEFAULT_TICK = 0.5
-# Proxy ids and NACK messages come from clients: cut before they reach logs and views.
-_CLIP = 200
 
 
 @dataclass(slots=True)
@@ -75,13 +77,34 @@ class Plan:
     pass's own: previous versions still in use."""
 
 
+def ack_deadline(interval: float) -> float:
+    """How long a step may bake with proxies still waiting before the rollout pauses."""
+    return max(3 * interval, interval + 60)
+
+
 def resource_version(resources: PluginResources) -> str:
-    """The version proxies ACK for ``resources``' filter (the ECDS content hash)."""
-    return prepare(resources.plugin.resource_name, resources.config).version
+    """The version of ``resources``' rollouts (see :func:`versions`)."""
+    return versions(resources)[0]
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= _CLIP else text[:_CLIP] + "…"
+def versions(resources: PluginResources) -> tuple[str, dict[str, str]]:
+    """The rollout version of ``resources`` and the ECDS versions proxies ACK, by resource.
+
+    The rollout version is the plugin's own ECDS content hash; with per-scope overrides
+    or scope annotations it also covers those resources' versions and the scope, so a
+    change of an override's config or of the scope alone is staged too.
+    """
+    name = resources.plugin.resource_name
+    ecds = {name: prepare(name, resources.config).version}
+    for override, patched in sorted(override_resources(resources).items()):
+        ecds[override] = prepare(override, patched.config).version
+    scope = sorted(
+        (k, v) for k, v in resources.plugin.annotations.items() if k.startswith(SCOPE_PREFIX)
+    )
+    if len(ecds) == 1 and not scope:
+        return ecds[name], ecds
+    digest = hashlib.sha256(repr((sorted(ecds.items()), scope)).encode()).hexdigest()
+    return digest[:16], ecds
 
 
 class Rollouts:
@@ -130,7 +153,8 @@ class Rollouts:
     def restore(self, resources: PluginResources, module: Module | None) -> None:
         """A plugin's stable version as it was before a restart (read back by reconcile)."""
         name = resources.plugin.resource_name
-        self._restored[name] = Version(resources, resource_version(resources), module)
+        version, ecds = versions(resources)
+        self._restored[name] = Version(resources, version, module, ecds)
 
     def stable_versions(self) -> dict[str, Version]:
         """The stable version of every plugin whose changes are staged (reconcile persists them)."""
@@ -160,15 +184,26 @@ class Rollouts:
     def _plan_one(self, plan: Plan, name: str, desired: Version) -> None:
         stable = self._stable.get(name)
         rollout = self._rollouts.get(name)
-        desired = Version(
-            desired.resources, self._version_of(desired.resources, stable, rollout), desired.module
-        )
+        version, ecds = self._version_of(desired.resources, stable, rollout)
+        desired = Version(desired.resources, version, desired.module, ecds)
         if stable is None:
-            stable = self._restored.pop(name, None) or desired
+            restored = self._restored.pop(name, None)
+            if restored is None and self._hold_unrestored(plan, name, desired):
+                return
+            stable = restored or desired
             rollout = self._resume(name, stable, desired)
             if rollout is not None:
                 # The saved previous version is used up: later passes must find it here.
                 self._stable[name] = stable
+        if stable.resources.standin is not None and (
+            rollout is None or rollout.new.version != desired.version
+        ):
+            # Held after a restart (see _hold_unrestored) and changed since: there is no
+            # previous version to stage against, so the new one goes everywhere at once.
+            self._stable[name] = desired
+            if self._rollouts.pop(name, None) is not None:
+                self._saved.dirty = True
+            return
         if desired.version == stable.version:
             self._stable[name] = desired
             if rollout is not None and rollout.phase is not Phase.COMPLETE:
@@ -212,13 +247,63 @@ class Rollouts:
     @staticmethod
     def _version_of(
         resources: PluginResources, stable: Version | None, rollout: Rollout | None
-    ) -> str:
-        """The ECDS version of ``resources``; a known version's when the filter is the same
-        (comparing is cheaper than hashing anew on every pass)."""
+    ) -> tuple[str, dict[str, str]]:
+        """:func:`versions` of ``resources``; a known version's when the filter and the
+        annotations (overrides, scope) are the same (cheaper than hashing on every pass)."""
         for known in (stable, rollout.new if rollout is not None else None):
-            if known is not None and known.resources.config == resources.config:
-                return known.version
-        return resource_version(resources)
+            if (
+                known is not None
+                and known.ecds
+                and known.resources.config == resources.config
+                and known.resources.plugin.annotations == resources.plugin.annotations
+            ):
+                return known.version, dict(known.ecds)
+        return versions(resources)
+
+    def _hold_unrestored(self, plan: Plan, name: str, desired: Version) -> bool:
+        """After a restart: hold back the new version of a saved rollout whose previous
+        version could not be restored (True), rather than give it to every proxy.
+
+        The previous version is replaced by the plugin's fail-strategy stand-in (what
+        reconcile serves for a plugin with nothing good to serve). A rolled-back rollout
+        stays RolledBack: every proxy gets the stand-in. A rollout under way is held
+        Paused: proxies in its step keep the new version, the others get the stand-in,
+        until an operator promotes or aborts it.
+        """
+        record = self._saved.peek(name)
+        if record is None or record.new != desired.version or record.old == desired.version:
+            return False
+        if record.phase not in (Phase.ROLLED_BACK, Phase.PROGRESSING, Phase.PAUSED):
+            return False
+        lost = "the previous version could not be restored after a restart"
+        standin = standin_resources(desired.resources.plugin, lost)
+        stable = Version(standin, record.old, None)
+        self._saved.take(name, old=record.old, new=record.new)
+        rollout = record.rollout(stable, desired, now=self._clock(), wall=self._wall())
+        if record.phase is Phase.ROLLED_BACK:
+            reason = f"{lost}; every proxy gets the fail-strategy stand-in"
+            event = "held_rolled_back"
+        else:
+            rollout.phase = Phase.PAUSED
+            reason = (
+                f"{lost}; promote or abort (proxies outside step {rollout.step} get the"
+                " fail-strategy stand-in meanwhile)"
+            )
+            event = "held_paused"
+        rollout.record(event, reason, wall=self._wall())
+        log.warning(
+            "rollout.previous_not_restored",
+            plugin=str(rollout.key),
+            phase=rollout.phase.value,
+            new=desired.shown,
+            reason=reason,
+        )
+        self._rollouts[name] = rollout
+        self._stable[name] = stable
+        self._saved.dirty = True
+        self._apply(plan, rollout, stable)
+        self._wake.set()
+        return True
 
     def _resume(self, name: str, stable: Version, desired: Version) -> Rollout | None:
         """After a restart: the persisted rollout to ``desired``, if it is still that one."""
@@ -263,13 +348,14 @@ class Rollouts:
         if type_url != ECDS:
             return
         for name, version in rejected:
-            rollout = self._rollouts.get(name)
-            if rollout is None or not rollout.phase.active or version != rollout.new.version:
+            # A per-scope override's resource belongs to its plugin's rollout.
+            rollout = self._rollouts.get(base_name(name))
+            if rollout is None or not rollout.phase.active or version != rollout.new.acked(name):
                 continue
             self._roll_back(
                 rollout,
                 "nack",
-                f"proxy {_clip(node.id)!r} rejected version {version}: {_clip(error)}",
+                f"proxy {clip(node.id)!r} rejected version {version}: {clip(error)}",
             )
 
     # -- timers ---------------------------------------------------------------
@@ -285,9 +371,32 @@ class Rollouts:
             rollout.counts = count(rollout, streams, self._root_namespace)
             if not self._healthy(rollout):
                 continue
-            baked = now - rollout.step_started >= rollout.policy.interval
-            if rollout.phase is Phase.PROGRESSING and baked and not rollout.counts.waiting:
+            if rollout.phase is not Phase.PROGRESSING:
+                continue
+            baking = now - rollout.step_started
+            if baking >= rollout.policy.interval and not rollout.counts.waiting:
                 self._advance(rollout)
+            elif baking >= ack_deadline(rollout.policy.interval):
+                self._stall(rollout)
+
+    def _stall(self, rollout: Rollout) -> None:
+        """Pause a step some proxies never ACKed, saying who (an operator promotes or aborts)."""
+        counts = rollout.counts
+        shown = ", ".join(counts.waiting_nodes[:5])
+        more = "…" if counts.waiting > 5 else ""
+        reason = f"waiting for {counts.waiting} proxies to ACK: {shown}{more}"
+        rollout.phase = Phase.PAUSED
+        rollout.record("stalled", reason, wall=self._wall())
+        log.warning(
+            "rollout.stalled",
+            plugin=str(rollout.key),
+            step=rollout.step,
+            waiting=counts.waiting,
+            reason=reason,
+            action="paused; promote or abort it (`wasmxds rollout`), or fix the proxies",
+        )
+        self._saved.dirty = True
+        self._changed()
 
     def _healthy(self, rollout: Rollout) -> bool:
         """Ask the health source; an unhealthy verdict rolls back (False)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,9 +19,29 @@ from wasmxds.modules.types import Module
 from wasmxds.translate.plugins import PluginResources
 from wasmxds.xds.resources import shown_version
 
-__all__ = ["MAX_HISTORY", "Counts", "Phase", "Rollout", "Version", "iso"]
+__all__ = [
+    "MAX_HISTORY",
+    "MAX_WAITING_SHOWN",
+    "Counts",
+    "Phase",
+    "Rollout",
+    "Version",
+    "clip",
+    "iso",
+]
 
 MAX_HISTORY = 32
+# Waiting proxies named in a view (the count covers them all).
+MAX_WAITING_SHOWN = 20
+# Proxy ids and NACK messages come from clients: cut before they reach logs and views.
+_CLIP = 200
+
+
+def clip(text: str) -> str:
+    """``text`` cut to a bounded length (it came from a client)."""
+    return text if len(text) <= _CLIP else text[:_CLIP] + "…"
+
+
 """Events kept per rollout (the newest): enough to read a whole rollout of many steps."""
 
 
@@ -52,9 +73,17 @@ class Version:
 
     resources: PluginResources
     version: str
-    """The ECDS resource version (content hash of module reference and configuration)."""
+    """What identifies it: the plugin's ECDS resource version, or with per-scope overrides
+    or scope annotations, a hash over those resources' versions and the scope."""
     module: Module | None
     """The cached module behind it; None for file:// modules (not in the cache)."""
+    ecds: Mapping[str, str] = field(default_factory=dict)
+    """Per ECDS resource (the plugin's own and its per-scope overrides'), the version
+    proxies ACK; empty when only the plugin's own resource is known (``version`` is it)."""
+
+    def acked(self, name: str) -> str:
+        """The version of ECDS resource ``name`` that proxies holding this version ACK."""
+        return self.ecds.get(name, self.version)
 
     @property
     def shown(self) -> str:
@@ -86,9 +115,17 @@ class Counts:
     """Of those, how many have not ACKed the new version yet."""
     new_nodes: tuple[str, ...] = ()
     old_nodes: tuple[str, ...] = ()
+    waiting_nodes: tuple[str, ...] = ()
+    """The first :data:`MAX_WAITING_SHOWN` of the waiting proxies' ids, each cut short."""
 
-    def view(self) -> dict[str, int]:
-        return {"new": self.new, "old": self.old, "in_step": self.in_step, "waiting": self.waiting}
+    def view(self) -> dict[str, Any]:
+        return {
+            "new": self.new,
+            "old": self.old,
+            "in_step": self.in_step,
+            "waiting": self.waiting,
+            "waiting_nodes": list(self.waiting_nodes),
+        }
 
 
 @dataclass(slots=True)

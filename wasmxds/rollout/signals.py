@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import Any, Protocol
 
-from wasmxds.rollout.model import Counts, Rollout
+from wasmxds.rollout.model import MAX_WAITING_SHOWN, Counts, Rollout, clip
 from wasmxds.translate.targeting import applies_to
 from wasmxds.xds.node import ClassKey, NodeInfo
 from wasmxds.xds.types import ECDS
@@ -60,15 +60,24 @@ def count(rollout: Rollout, streams: Iterable[ProxyStream], root_namespace: str)
     name, percent = rollout.name, rollout.percent
     applies: dict[ClassKey, bool] = {}
     new_nodes, old_nodes = [], []
+    waiting_nodes: list[str] = []
     for stream in streams:
-        if name not in stream.ecds_names():
+        subscribed = stream.ecds_names()
+        if name not in subscribed:
             continue
         node = stream.node
         held = stream.accepted(ECDS, name)
-        if held == rollout.new.version:
+        # On the new version: every resource of it the proxy subscribes to (the plugin's
+        # own and its per-scope overrides') is ACKed at the new version.
+        on_new = all(
+            stream.accepted(ECDS, resource) == version
+            for resource, version in (rollout.new.ecds or {name: rollout.new.version}).items()
+            if resource in subscribed
+        )
+        if on_new:
             counts.new += 1
             new_nodes.append(node.id)
-        elif held == rollout.old.version:
+        elif held == rollout.old.acked(name):
             counts.old += 1
             old_nodes.append(node.id)
         if node.cohort >= percent:
@@ -78,7 +87,10 @@ def count(rollout: Rollout, streams: Iterable[ProxyStream], root_namespace: str)
             applies[key] = applies_to(rollout.new.resources.plugin, node, root_namespace)
         if applies[key]:
             counts.in_step += 1
-            if held != rollout.new.version:
+            if not on_new:
                 counts.waiting += 1
+                if len(waiting_nodes) < MAX_WAITING_SHOWN:
+                    waiting_nodes.append(clip(node.id))
     counts.new_nodes, counts.old_nodes = tuple(new_nodes), tuple(old_nodes)
+    counts.waiting_nodes = tuple(waiting_nodes)
     return counts

@@ -173,6 +173,10 @@ class RolloutFile:
                 )
         return saved
 
+    def peek(self, name: str) -> SavedRollout | None:
+        """The persisted rollout of ``name``, not yet used, left in place."""
+        return self._loaded.get(name)
+
     def take(self, name: str, *, old: str, new: str) -> SavedRollout | None:
         """The persisted rollout of ``name`` if it went from ``old`` to ``new`` (used once)."""
         record = self._loaded.pop(name, None)

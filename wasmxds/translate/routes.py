@@ -91,18 +91,23 @@ def _literal_path(match: route_components_pb2.RouteMatch) -> str | None:
 
 
 def _chosen(
-    scope: PluginScope, domains: tuple[str, ...], route: route_components_pb2.Route
+    scope: PluginScope, hosts: tuple[bool, ...], route: route_components_pb2.Route
 ) -> ScopeOverride | bool:
-    """The override that runs on ``route``, else whether the plugin's own entry runs."""
+    """The override that runs on ``route``, else whether the plugin's own entry runs.
+    ``hosts``: whether the virtual host matches the plugin's selector, then each override's."""
     path = _literal_path(route.match)
-    selector = scope.selector
-    if not (selector.host_matches(domains) and selector.route_matches(route.name, path)):
+    if not (hosts[0] and scope.selector.route_matches(route.name, path)):
         return False
-    for override in scope.overrides:
-        chosen = override.selector
-        if chosen.host_matches(domains) and chosen.route_matches(route.name, path):
+    for override, host_ok in zip(scope.overrides, hosts[1:], strict=True):
+        if host_ok and override.selector.route_matches(route.name, path):
             return override
     return True
+
+
+def _host_matches(scope: PluginScope, domains: tuple[str, ...]) -> tuple[bool, ...]:
+    # Once per virtual host, not per route: host patterns are the costly part of matching.
+    selectors = (scope.selector, *(override.selector for override in scope.overrides))
+    return tuple(selector.host_matches(domains) for selector in selectors)
 
 
 def _set(route: route_components_pb2.Route, name: str, *, disabled: bool) -> None:
@@ -123,11 +128,12 @@ def scope_routes(hcm: hcm_pb2.HttpConnectionManager, plugins: Sequence[ScopedPlu
         return
     for vhost in hcm.route_config.virtual_hosts:
         domains = tuple(vhost.domains)
+        hosts = {name: _host_matches(scope, domains) for name, scope in scoped}
         for route in vhost.routes:
             for name, scope in scoped:
                 if name in vhost.typed_per_filter_config:
                     continue
-                chosen = _chosen(scope, domains, route)
+                chosen = _chosen(scope, hosts[name], route)
                 if isinstance(chosen, ScopeOverride):
                     _set(route, override_name(name, chosen.label), disabled=False)
                     if scope.selector.everywhere:
