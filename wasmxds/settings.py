@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import enum
-import math
 import os
 import re
 import sys
@@ -22,7 +21,7 @@ from typing import TypeVar
 
 from wasmxds.api.dockerconfig import valid_helper_name
 from wasmxds.api.keys import VerificationKey, parse_verification_key
-from wasmxds.api.rollout import MAX_INTERVAL, parse_steps
+from wasmxds.api.rollout import interval_in_bounds, parse_steps
 from wasmxds.errors import KeyFormatError, SettingsError
 from wasmxds.flags import Group, Kind, Setting, markdown_table
 from wasmxds.log import LOG_FORMATS, LOG_LEVELS
@@ -531,8 +530,7 @@ ROLLOUT_STEPS: Setting[tuple[float, ...]] = Setting(
 
 def _parse_rollout_interval(text: str) -> float:
     seconds = parse_duration(text)
-    # A long digit string overflows to inf, which no JSON view or timer can hold.
-    if not math.isfinite(seconds) or seconds > MAX_INTERVAL:
+    if not interval_in_bounds(seconds):
         raise SettingsError(f"invalid rollout interval {text[:40]!r}: at most 7 days (168h)")
     return seconds
 

@@ -30,6 +30,7 @@ __all__ = [
     "NO_STAGING",
     "STEPS_ANNOTATION",
     "RolloutPolicy",
+    "interval_in_bounds",
     "parse_interval",
     "parse_steps",
     "rollout_issues",
@@ -90,13 +91,18 @@ def parse_interval(text: str) -> float:
     if not match:
         raise ValueError(f"{text!r} is not a duration: use a number with ms, s, m or h (e.g. 60s)")
     seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    # A long digit string overflows to inf, which no JSON view or timer can hold.
-    if not math.isfinite(seconds) or seconds > MAX_INTERVAL:
+    if not interval_in_bounds(seconds):
         raise ValueError(
             f"{text[:40]!r} is too long an interval: at most 7 days (168h), so a rollout "
             "step bakes for a bounded time"
         )
     return seconds
+
+
+def interval_in_bounds(seconds: float) -> bool:
+    """Whether a bake time is one the annotation and ``--rollout-interval`` accept."""
+    # A long digit string overflows to inf, which no JSON view or timer can hold.
+    return math.isfinite(seconds) and seconds <= MAX_INTERVAL
 
 
 def rollout_policy(annotations: Mapping[str, str], default: RolloutPolicy) -> RolloutPolicy:
