@@ -11,7 +11,7 @@ import pytest
 
 from tests.modules.oci.helperscripts import HelperScripts, path_with
 from wasmxds.errors import CredentialHelperError
-from wasmxds.modules.oci.credhelper import CredentialHelpers, find_program
+from wasmxds.modules.oci.credhelper import CredentialHelpers, _kill, find_program
 
 SECRET = "helper-S3cret-value"
 SERVER = "registry.example:5000"
@@ -121,6 +121,30 @@ async def test_cancelled_lookup_kills_the_helper(scripts: HelperScripts) -> None
     with pytest.raises(asyncio.CancelledError):
         await task
     await _gone(scripts.child_pid("stuck"))
+
+
+async def test_helper_whose_unread_flood_paused_the_reader_is_still_reaped(
+    scripts: HelperScripts,
+) -> None:
+    """A helper killed while its stdout is full and unread is reaped (3.11 waits for the pipe)."""
+    program = scripts.flooding("flood", 1 << 20)
+    proc = await asyncio.create_subprocess_exec(
+        str(program),
+        "get",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.close()
+    async with asyncio.timeout(20):
+        # The state the cap leaves behind under load: the reader stopped reading the pipe.
+        while not proc.stdout._paused:  # type: ignore[attr-defined]
+            await asyncio.sleep(0.02)
+    async with asyncio.timeout(20):
+        await _kill(proc)
+    assert proc.returncode == -9
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,8 @@ DEFAULT_TTL = 300.0
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_OUTPUT = 64 << 10
 _MAX_ENTRIES = 256
+_DRAIN_CHUNK = 64 << 10
+_REAP_SECONDS = 5.0
 
 
 def program_name(helper: str) -> str:
@@ -256,7 +258,24 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
     The group too, because a helper that exited may have left a child holding
     its stdout; while any member lives, the kernel keeps the group id from
     being reused, so this reaches only what the helper started.
+
+    Python 3.11's ``wait()`` returns only once stdout is closed as well, and a
+    helper that flooded it leaves the reader paused (its buffer full), so the
+    end of the pipe would never be seen: what is left is read and dropped. A
+    process that left the group (``setsid``) could hold the pipe open for ever;
+    after ``_REAP_SECONDS`` it is given up on, logged, not waited for.
     """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    await asyncio.shield(proc.wait())
+
+    async def reap() -> None:
+        if proc.stdout is not None:
+            while await proc.stdout.read(_DRAIN_CHUNK):
+                pass
+        await proc.wait()
+
+    try:
+        async with asyncio.timeout(_REAP_SECONDS):
+            await asyncio.shield(reap())
+    except TimeoutError:
+        log.warning("oci.credential_helper_not_reaped", pid=proc.pid)
