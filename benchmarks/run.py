@@ -1,7 +1,8 @@
 """Project vs floor: the same simulated Envoy fleet against wasmxds and a bare grpc.aio server.
 
-    python -m benchmarks.run                      # full run: 1k, 5k, 10k nodes (make bench)
+    python -m benchmarks.run                      # 1k, 5k, 10k nodes, SotW, one run each
     python -m benchmarks.run --quick              # 1k nodes, a couple of minutes
+    make bench                                    # 2k and 10k, SotW and delta, 3 runs each
 
 For each fleet size, case and server it starts the server as its own process
 (so its memory and CPU are read from /proc), starts the client workers
@@ -542,11 +543,15 @@ class Result:
     flavour: str
     nodes: int
     loop: str = "asyncio"
+    repeat: int = 0
+    """Which of ``--repeat`` interleaved runs this is (0 first)."""
     initial_sync_s: float = float("nan")
     sync_missing: int = 0
     sync_p99_s: float = float("nan")
     connect_cpu_ms: float = float("nan")
     """Server CPU per stream during the initial sync."""
+    sync_cpu_s: float = float("nan")
+    """Server CPU for the whole initial sync (every stream opened and synced)."""
     rss_idle_mib: float = 0.0
     rss_synced_mib: float = 0.0
     rss_per_proxy_kib: float = float("nan")
@@ -590,13 +595,17 @@ def _has_mark(mark: int, nodes: int) -> Callable[[FleetStatus], bool]:
     return lambda status: status.marks[mark] >= nodes
 
 
-async def measure(server: Server, case: Case, nodes: int, delta: bool, opts: Options) -> Result:
+async def measure(
+    server: Server, case: Case, nodes: int, delta: bool, opts: Options, repeat: int = 0
+) -> Result:
+    """One server, one fleet: sync, ``opts.rounds`` changes, and (first repeat only) a storm."""
     result = Result(
         server=server.name,
         case=case.name,
         flavour="delta" if delta else "sotw",
         nodes=nodes,
         loop=opts.variant,
+        repeat=repeat,
     )
     await server.start()
     fleet = Fleet(opts.workers)
@@ -630,7 +639,8 @@ async def measure(server: Server, case: Case, nodes: int, delta: bool, opts: Opt
         if synced:
             result.initial_sync_s = max(s for _, s in synced) - start_at
             result.sync_p99_s = percentile([s - o for o, s in synced], 99)
-        result.connect_cpu_ms = (cpu_seconds(pid) - cpu0) / nodes * 1000
+        result.sync_cpu_s = cpu_seconds(pid) - cpu0
+        result.connect_cpu_ms = result.sync_cpu_s / nodes * 1000
         if profiler is not None:
             await stop_profiler(profiler)
             profiler = None
@@ -674,7 +684,7 @@ async def measure(server: Server, case: Case, nodes: int, delta: bool, opts: Opt
         result.cpu_per_push_s = cpu_total / opts.rounds
         result.client_cpu_per_push_s = client_total / opts.rounds
 
-        if opts.storm:
+        if opts.storm and repeat == 0:
             mark += 1
             before = await fleet.status()
             killed = await fleet.kill()
@@ -754,6 +764,7 @@ _ROWS: list[tuple[str, str, str]] = [
     # (label, Result field, format)
     ("initial sync (s)", "initial_sync_s", "{:.2f}"),
     ("  per node p99 (s)", "sync_p99_s", "{:.2f}"),
+    ("  server CPU, whole sync (s)", "sync_cpu_s", "{:.2f}"),
     ("  server CPU per stream (ms)", "connect_cpu_ms", "{:.2f}"),
     ("change→all ACKed p50 (ms)", "latency_p50_ms", "{:.0f}"),
     ("change→all ACKed p99 (ms)", "latency_p99_ms", "{:.0f}"),
@@ -773,27 +784,82 @@ def _cell(value: Any, fmt: str) -> str:
     return fmt.format(value)
 
 
-def table(results: Sequence[Result]) -> str:
-    """Project vs floor per (case, flavour, nodes), with project/floor ratios."""
-    out: list[str] = []
-    groups: dict[tuple[str, str, int, str], dict[str, Result]] = {}
+# Figures whose wasmxds/floor ratio is listed per repeat (run-to-run spread).
+_SPREAD = (
+    ("server CPU per push", "cpu_per_push_s"),
+    ("change→all ACKed p99", "latency_p99_ms"),
+    ("server CPU, whole sync", "sync_cpu_s"),
+)
+
+
+def _median(values: Sequence[float]) -> float:
+    kept = sorted(v for v in values if v == v)
+    if not kept:
+        return float("nan")
+    middle = len(kept) // 2
+    return kept[middle] if len(kept) % 2 else (kept[middle - 1] + kept[middle]) / 2
+
+
+def _figure(runs: Sequence[Result], attr: str) -> Any:
+    """``attr`` of one run, or its median over repeated runs."""
+    values = [getattr(r, attr) for r in runs]
+    if len(values) == 1 or not all(isinstance(v, float) for v in values):
+        return values[0]
+    return _median(values)
+
+
+def collapse(results: Sequence[Result]) -> list[Result]:
+    """One result per server and measurement: medians over repeated runs (plots, staging)."""
+    groups: dict[tuple[str, str, str, int, str], list[Result]] = {}
     for r in results:
-        groups.setdefault((r.case, r.flavour, r.nodes, r.loop), {})[r.server] = r
+        groups.setdefault((r.server, r.case, r.flavour, r.nodes, r.loop), []).append(r)
+    out = []
+    for runs in groups.values():
+        first = runs[0]
+        merged = Result(**asdict(first))
+        for name in first.__dataclass_fields__:
+            if isinstance(getattr(first, name), float):
+                setattr(merged, name, _figure(runs, name))
+        out.append(merged)
+    return out
+
+
+def table(results: Sequence[Result]) -> str:
+    """Project vs floor per (case, flavour, nodes), with project/floor ratios; over repeated
+    runs the medians, and the ratio of each repeat for the figures in ``_SPREAD``."""
+    out: list[str] = []
+    groups: dict[tuple[str, str, int, str], dict[str, list[Result]]] = {}
+    for r in results:
+        groups.setdefault((r.case, r.flavour, r.nodes, r.loop), {}).setdefault(r.server, []).append(
+            r
+        )
     for (case, flavour, nodes, loop), by_server in groups.items():
         title = f"{CASES[case].plugins} plugin(s) x {CASES[case].label_classes} label class(es)"
         if CASES[case].steps:
             title += f", staged {CASES[case].steps}"
-        out.append(f"\n== {title}, {flavour}, {nodes} nodes, {loop} ==")
+        runs = max(len(v) for v in by_server.values())
+        median = f", median of {runs} runs" if runs > 1 else ""
+        out.append(f"\n== {title}, {flavour}, {nodes} nodes, {loop}{median} ==")
         out.append(f"{'':32}{'wasmxds':>12}{'floor':>12}{'ratio':>8}")
-        project, floor = by_server.get("wasmxds"), by_server.get("floor")
+        project, floor = by_server.get("wasmxds", []), by_server.get("floor", [])
         for label, attr, fmt in _ROWS:
-            p = getattr(project, attr) if project else float("nan")
-            f = getattr(floor, attr) if floor else float("nan")
+            p = _figure(project, attr) if project else float("nan")
+            f = _figure(floor, attr) if floor else float("nan")
             ratio = "-"
             if isinstance(p, float) and isinstance(f, float) and f > 0 and p == p and f == f:
                 ratio = f"{p / f:.2f}"
             out.append(f"{label:32}{_cell(p, fmt):>12}{_cell(f, fmt):>12}{ratio:>8}")
-        for r in (x for x in (project, floor) if x is not None):
+        if runs > 1 and project and floor:
+            pairs = {r.repeat: r for r in floor}
+            for label, attr in _SPREAD:
+                ratios = [
+                    getattr(r, attr) / getattr(pairs[r.repeat], attr)
+                    for r in project
+                    if r.repeat in pairs and getattr(pairs[r.repeat], attr) > 0
+                ]
+                shown = ", ".join(f"{x:.2f}" for x in ratios)
+                out.append(f"  ratio per run, {label}: {shown}")
+        for r in (*project, *floor):
             notes = []
             if r.sync_missing or r.push_missing:
                 notes.append(f"not synced {r.sync_missing}, pushes missing {r.push_missing}")
@@ -802,7 +868,55 @@ def table(results: Sequence[Result]) -> str:
             if r.storm_failures:
                 notes.append(f"storm stream failures {r.storm_failures}")
             if notes:
-                out.append(f"  {r.server}: " + "; ".join(notes))
+                out.append(f"  {r.server} (run {r.repeat + 1}): " + "; ".join(notes))
+    return "\n".join(out)
+
+
+def markdown(results: Sequence[Result]) -> str:
+    """The figures as markdown tables, one per case and flavour, sizes side by side
+    (medians over repeats, then each repeat's ratio for the figures in ``_SPREAD``)."""
+    out: list[str] = []
+    by_table: dict[tuple[str, str, str], dict[tuple[int, str], list[Result]]] = {}
+    for r in results:
+        key = (r.case, r.flavour, r.loop)
+        by_table.setdefault(key, {}).setdefault((r.nodes, r.server), []).append(r)
+    for (case, flavour, loop), cells in by_table.items():
+        sizes = sorted({nodes for nodes, _ in cells})
+        title = f"{CASES[case].plugins} plugin(s) x {CASES[case].label_classes} label class(es)"
+        out.append(f"\n{title}, {flavour}, {loop}:\n")
+        head = ["", *(f"{n:,} {s}" for n in sizes for s in ("wasmxds", "floor", "ratio"))]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "---|" * len(head))
+        for label, attr, fmt in _ROWS:
+            row = [label.strip()]
+            for nodes in sizes:
+                p = (
+                    _figure(cells.get((nodes, "wasmxds"), []), attr)
+                    if (nodes, "wasmxds") in cells
+                    else float("nan")
+                )
+                f = (
+                    _figure(cells.get((nodes, "floor"), []), attr)
+                    if (nodes, "floor") in cells
+                    else float("nan")
+                )
+                ratio = "-"
+                if isinstance(p, float) and isinstance(f, float) and f > 0 and p == p and f == f:
+                    ratio = f"{p / f:.2f}"
+                row += [_cell(p, fmt), _cell(f, fmt), ratio]
+            out.append("| " + " | ".join(row) + " |")
+        for label, attr in _SPREAD:
+            row = [f"{label}: ratio per run"]
+            for nodes in sizes:
+                project = cells.get((nodes, "wasmxds"), [])
+                pairs = {r.repeat: r for r in cells.get((nodes, "floor"), [])}
+                ratios = [
+                    getattr(r, attr) / getattr(pairs[r.repeat], attr)
+                    for r in project
+                    if r.repeat in pairs and getattr(pairs[r.repeat], attr) > 0
+                ]
+                row += ["", "", " / ".join(f"{x:.2f}" for x in ratios) or "-"]
+            out.append("| " + " | ".join(row) + " |")
     return "\n".join(out)
 
 
@@ -819,7 +933,9 @@ _STAGING_ROWS: list[tuple[str, Callable[[Result], float], str]] = [
 def staging_table(results: Sequence[Result]) -> str:
     """wasmxds with and without staging, per case that has a staged variant in ``results``."""
     out: list[str] = []
-    ran = {(r.case, r.flavour, r.nodes, r.loop): r for r in results if r.server == "wasmxds"}
+    ran = {
+        (r.case, r.flavour, r.nodes, r.loop): r for r in collapse(results) if r.server == "wasmxds"
+    }
     for (case, flavour, nodes, loop), staged in ran.items():
         plain = ran.get((CASES[case].unstaged, flavour, nodes, loop))
         if plain is None:
@@ -882,7 +998,7 @@ def plot(results: Sequence[Result], path: Path) -> None:
 
 def _series(results: Iterable[Result]) -> dict[tuple[str, str, str], list[Result]]:
     series: dict[tuple[str, str, str], list[Result]] = {}
-    for r in results:
+    for r in collapse(list(results)):
         series.setdefault((r.server, r.case, r.flavour), []).append(r)
     for rows in series.values():
         rows.sort(key=lambda r: r.nodes)
@@ -904,6 +1020,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--flavours", default="sotw", help="sotw, delta")
     parser.add_argument("--servers", default="floor,wasmxds", help="floor, wasmxds")
     parser.add_argument("--rounds", type=int, default=5, help="changes per measurement")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every measurement N times, the servers interleaved, and report medians",
+    )
     parser.add_argument("--workers", type=int, default=2, help="client processes")
     parser.add_argument("--ramp", type=float, default=2000.0, help="new streams per second")
     parser.add_argument("--streams-per-connection", type=int, default=1)
@@ -928,6 +1050,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path, default=None, help="write the PNG here")
     parser.add_argument(
         "--from-json", type=Path, help="print the table and plot of an earlier --json, no run"
+    )
+    parser.add_argument(
+        "--markdown", action="store_true", help="with --from-json: markdown tables (docs)"
     )
     return parser
 
@@ -955,19 +1080,28 @@ async def _run(args: argparse.Namespace) -> list[Result]:
             case = CASES[case_name]
             for flavour in args.flavours.split(","):
                 for nodes in sizes:
-                    for server_name in args.servers.split(","):
-                        workdir = Path(tmp) / f"{case_name}-{flavour}-{nodes}-{server_name}"
-                        server: Server = (
-                            FloorProcess(case, opts.pad, opts.prelude, opts.floor_admission)
-                            if server_name == "floor"
-                            else ProjectProcess(case, opts.pad, opts.prelude, workdir)
-                        )
-                        print(
-                            f"-- {server_name}: {case_name}, {flavour}, {nodes} nodes", flush=True
-                        )
-                        result = await measure(server, case, nodes, flavour == "delta", opts)
-                        results.append(result)
-                        print(table([result]), flush=True)
+                    for repeat in range(args.repeat):
+                        names = args.servers.split(",")
+                        # Alternate who goes first, so drift in the machine favours neither.
+                        for server_name in names if repeat % 2 == 0 else names[::-1]:
+                            workdir = (
+                                Path(tmp) / f"{case_name}-{flavour}-{nodes}-{server_name}-{repeat}"
+                            )
+                            server: Server = (
+                                FloorProcess(case, opts.pad, opts.prelude, opts.floor_admission)
+                                if server_name == "floor"
+                                else ProjectProcess(case, opts.pad, opts.prelude, workdir)
+                            )
+                            print(
+                                f"-- {server_name}: {case_name}, {flavour}, {nodes} nodes,"
+                                f" run {repeat + 1}/{args.repeat}",
+                                flush=True,
+                            )
+                            result = await measure(
+                                server, case, nodes, flavour == "delta", opts, repeat
+                            )
+                            results.append(result)
+                            print(table([result]), flush=True)
     return results
 
 
@@ -980,6 +1114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.from_json is not None:
         results = load(args.from_json)
+        if args.markdown:
+            print(markdown(results))
+            return 0
         print(table(results))
         print(staging_table(results))
         if args.plot is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -117,6 +118,11 @@ async def test_synced_proxy_and_ready_plugin_in_every_view(tmp_path, upstream, m
         assert 'wasmxds_module_fetches_total{result="success",scheme="http"} 1.0' in metrics
         assert 'wasmxds_module_cache_lookups_total{result="miss"} 1.0' in metrics
         assert "wasmxds_module_cache_entries 1.0" in metrics
+        # The heap freezer ran at start: what start-up made is out of the collector's walk.
+        frozen = re.search(r"^wasmxds_heap_frozen_objects (\S+)$", metrics, re.MULTILINE)
+        assert frozen is not None
+        assert float(frozen.group(1)) > 10_000
+        assert 'wasmxds_heap_freezes{kind="collect"} 1.0' in metrics
         assert 'wasmxds_source_problems{severity="error"} 0.0' in metrics
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import micro, profiles, run
+from benchmarks import fanout, micro, profiles, run
 from benchmarks.floor import ADMISSION_OPTIONS, SERVER_OPTIONS, FloorServer
 from benchmarks.loadgen import ECDS_TYPE, Backoff, FleetConfig, LoadGen, NodeSpec
 from wasmxds.settings import HostPort
@@ -119,6 +119,14 @@ def test_micro_benchmark_runs(capsys: pytest.CaptureFixture[str]):
     assert "responses() push" in capsys.readouterr().out
 
 
+def test_fanout_benchmark_runs(capsys: pytest.CaptureFixture[str]):
+    """The socket-free push measurement drives both servers' real stream handlers."""
+    assert fanout.main(["--nodes", "20", "--pushes", "2", "--case", "classes"]) == 0
+    out = capsys.readouterr().out
+    assert "floor" in out
+    assert "wasmxds" in out
+
+
 def test_profile_summary(tmp_path: Path):
     sample = tmp_path / "p.txt"
     sample.write_text(
@@ -131,14 +139,31 @@ def test_profile_summary(tmp_path: Path):
 
 
 def test_runner_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    """Floor and wasmxds as processes, one client worker, a change and a storm."""
+    """Floor and wasmxds as processes, one client worker, a change and a storm; twice,
+    interleaved, with the medians and each run's ratio reported."""
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     argv = ["--sizes", str(NODES), "--rounds", "1", "--workers", "1", "--cases", "basic"]
+    argv += ["--repeat", "2"]
     argv += ["--ramp", "1000", "--storm-timeout", "30", "--json", str(out), "--plot", str(png)]
     assert run.main(argv) == 0
     results = json.loads(out.read_text())["results"]
-    assert {r["server"] for r in results} == {"floor", "wasmxds"}
+    assert sorted((r["server"], r["repeat"]) for r in results) == [
+        ("floor", 0),
+        ("floor", 1),
+        ("wasmxds", 0),
+        ("wasmxds", 1),
+    ]
     for result in results:
         assert result["sync_missing"] == result["push_missing"] == result["storm_never"] == 0
+        assert result["sync_cpu_s"] > 0
+    storms = {r["repeat"]: r["storm_s"] for r in results if r["server"] == "wasmxds"}
+    assert storms[0] > 0  # the storm runs once, in the first repeat
+    assert storms[1] != storms[1]  # NaN: not measured again
     assert png.stat().st_size > 0
-    assert "ratio" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "median of 2 runs" in printed
+    assert "ratio per run, server CPU per push" in printed
+    assert run.main(["--from-json", str(out), "--markdown"]) == 0
+    tables = capsys.readouterr().out
+    assert "| server CPU per push (s) |" in tables
+    assert "| server CPU per push: ratio per run |" in tables

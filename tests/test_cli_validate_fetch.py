@@ -210,8 +210,19 @@ def test_signal_during_fetch_cleans_up_and_exits_quietly(
     temp.mkdir()
     with SilentHost() as silent:
         (tmp_path / "p.yaml").write_text(plugin("hung", url=silent.url("/hung.wasm")))
+        # Only the signal may end it: under load the test can notice the fetch late, and
+        # the 15 s idle timeout would fail the download first (exit 1, not 130/143).
         process = subprocess.Popen(
-            [sys.executable, "-m", "wasmxds", "validate", "--fetch", str(tmp_path / "p.yaml")],
+            [
+                sys.executable,
+                "-m",
+                "wasmxds",
+                "validate",
+                "--fetch",
+                "--fetch-idle-timeout",
+                "10m",
+                str(tmp_path / "p.yaml"),
+            ],
             env={**os.environ, "TMPDIR": str(temp)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 
 import structlog
 
@@ -28,6 +29,7 @@ from wasmxds.bootstrap import MODULES_CLUSTER
 from wasmxds.debounce import Debouncer
 from wasmxds.health.metrics_service import MetricsService
 from wasmxds.health.verdict import FleetHealth
+from wasmxds.heap import HeapFreezer, StreamCounts
 from wasmxds.metrics import HealthMetrics, Metrics, StreamMetrics
 from wasmxds.modules.access import puller
 from wasmxds.modules.http import HttpFetcher
@@ -203,6 +205,8 @@ class Service:
                 else None
             ),
         )
+        xds = self.xds
+        self.heap = HeapFreezer(lambda: StreamCounts(xds.streams_opened, xds.streams_closed))
 
     def _build_health(self) -> None:
         """Envoy's metrics service on the xDS port, feeding the proxies' health figures."""
@@ -289,6 +293,23 @@ class Service:
             "bytes of modules in the cache",
             (),
             lambda: [((), float(self.index.totals()[1]))],
+        )
+        self.metrics.live_gauge(
+            "wasmxds_heap_frozen_objects",
+            "objects kept out of the cyclic garbage collector's walk (gc.freeze: start-up and"
+            " the streams' long-lived objects)",
+            (),
+            lambda: [((), float(gc.get_freeze_count()))],
+        )
+        self.metrics.live_gauge(
+            "wasmxds_heap_freezes",
+            "heap freezes since start: after a burst of new streams (burst), or a full"
+            " collection after streams closed (collect)",
+            ("kind",),
+            lambda: [
+                (("burst",), float(self.heap.freezes)),
+                (("collect",), float(self.heap.refreshes)),
+            ],
         )
         self.metrics.live_gauge(
             "wasmxds_source_problems",
@@ -413,6 +434,7 @@ class Service:
                     )
                 tasks.start("rollout.timers", self.rollouts.run())
                 tasks.start("xds", self.xds.run(self.xds_started))
+                tasks.start("heap", self.heap.run())
                 await stop.wait()
                 log.info("service.stopping")
                 tasks.begin_stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from tests.factories import make_node, make_plugin
@@ -114,3 +115,30 @@ def test_listener_mode_keeps_the_old_placement_outside_the_step():
         [only_web], pending=(), previous=Snapshot.empty(ROOT), templates=TEMPLATES
     )
     assert snap.listeners_version != unstaged.listeners_version
+
+
+def test_an_override_new_in_a_rollout_is_resolved_afresh_when_the_rollout_ends():
+    """A per-scope override that first appears in the staged version keeps its fingerprint
+    when the rollout ends, yet whom it applies to changes (its plugin's selector): it is
+    not carried into the next snapshot, so proxies outside the last step get it."""
+    scope = {
+        "scope.wasmxds.io/hosts": "api.example.com",
+        "scope.wasmxds.io/override.strict.path-prefixes": "/checkout",
+        "scope.wasmxds.io/override.strict.config": '{"limit": 5}',
+    }
+    old = resources(pluginConfig={"v": 1}, selector={"matchLabels": {"app": "foo"}})
+    plugin = dataclasses.replace(
+        make_plugin("p", pluginConfig={"v": 2}, selector={"matchLabels": {"app": "bar"}}),
+        annotations=scope,
+    )
+    new = plugin_resources(plugin, Ready(module_for(plugin)), DELIVERY, runtime="v8")
+    override = f"{NAME}~strict"
+    during = build_snapshot(
+        [new], pending=(), previous=Snapshot.empty(ROOT), staged={NAME: Staged(old, 10)}
+    )
+    outside = node_at(10, 100, app="bar")
+    assert during.ecds_for(outside, override) is during.ecds[override].noop  # v1: app=foo
+    done = build_snapshot([new], pending=(), previous=during)
+    assert done.ecds[override].fingerprint == during.ecds[override].fingerprint
+    done.inherit(during)
+    assert done.ecds_for(outside, override) is done.ecds[override].active

@@ -103,6 +103,9 @@ class PluginTranslation:
         staging = self.staged.get(base_name(name))
         return staging is None or node.cohort < staging.percent
 
+    def steady(self, name: str) -> bool:
+        return base_name(name) not in self.staged
+
     def position(self, node: NodeInfo) -> tuple[str, ...]:
         if not self._staged_names:
             return ()

@@ -21,6 +21,7 @@ At most one response per type is in flight, as with SotW.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -68,6 +69,7 @@ class DeltaTypeState(TypeStateBase):
 
     def drop_held(self, name: str) -> None:
         self.sent.pop(name, None)
+        self.holding = None
 
     def references(self) -> frozenset[str]:
         return frozenset().union(*self.listener_refs.values())
@@ -75,6 +77,8 @@ class DeltaTypeState(TypeStateBase):
 
 class DeltaStream(StreamProtocol[DeltaTypeState]):
     """Protocol state of one delta stream (ADS carries several types on it)."""
+
+    __slots__ = ()
 
     flavour = "delta"
 
@@ -93,6 +97,7 @@ class DeltaStream(StreamProtocol[DeltaTypeState]):
         if state is None:
             state = self._add_type(request.type_url)
             state.sent.update(request.initial_resource_versions)
+            state.holding = None
             state.wildcard = request.type_url in WILDCARD and not request.resource_names_subscribe
             verdict = Verdict.INITIAL
         elif state.in_flight and request.response_nonce == state.in_flight:
@@ -103,10 +108,11 @@ class DeltaStream(StreamProtocol[DeltaTypeState]):
             if name == "*":
                 state.wildcard = True
                 continue
-            state.names.add(name)
+            state.names.add(sys.intern(name))  # shared by the proxies that ask for it
             if not first:
                 # The client asks again: it must get the resource even if we think it has it.
                 state.sent.pop(name, None)
+                state.holding = None
         for name in request.resource_names_unsubscribe:
             if name == "*":
                 state.wildcard = False
@@ -115,11 +121,10 @@ class DeltaStream(StreamProtocol[DeltaTypeState]):
             state.forget(name)
         # Subscriptions accumulate over requests: the bound is on the total.
         self._check_names(request.type_url, len(state.names))
-        if (
-            verdict is not Verdict.ACK
-            or request.resource_names_subscribe
-            or request.resource_names_unsubscribe
-        ):
+        if request.resource_names_subscribe or request.resource_names_unsubscribe:
+            self.subscription_changes += 1
+            state.settled_on = None
+        elif verdict is not Verdict.ACK:
             state.settled_on = None
         return verdict
 
@@ -185,6 +190,7 @@ class DeltaStream(StreamProtocol[DeltaTypeState]):
         for name in response.removed:
             state.sent[name] = _ABSENT
             state.listener_refs.pop(name, None)
+        state.holding = None
 
     def _shared_key(self, state: DeltaTypeState) -> ResponseKey | None:
         """What the next ECDS response depends on, when nothing per stream is involved.
@@ -196,10 +202,11 @@ class DeltaStream(StreamProtocol[DeltaTypeState]):
         if state.type_url != ECDS:
             return None
         # The snapshot keeps it per class, so the class is not part of the key.
+        holding = state.holding
         return (
             self.flavour,
             state.type_url,
             frozenset(state.names),
             state.wildcard,
-            frozenset(state.sent.items()),
+            frozenset(state.sent.items()) if holding is None else holding,
         )

@@ -12,16 +12,14 @@ is pure; the servers read the certificate's URI SANs, refuse on
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import math
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
+
+from wasmxds.log import SampledLog
 
 __all__ = [
     "IdentityPattern",
@@ -248,41 +246,12 @@ class IdentityPolicy:
         return identity
 
 
-class RefusalLog:
+class RefusalLog(SampledLog):
     """At most ``lines`` refusal log lines per ``window`` seconds, then one line counting
     the rest: a client decides how often it is refused, and must not fill the log."""
 
     def __init__(self, event: str, *, lines: int = 20, window: float = 10.0) -> None:
-        self._event = event
-        self._lines = lines
-        self._window = window
-        self._window_start = -math.inf
-        self._logged = 0
-        self._suppressed = 0
+        super().__init__(log, event, level="warning", lines=lines, window=window, what="refusals")
 
     def warning(self, **fields: Any) -> None:
-        now = time.monotonic()
-        if now - self._window_start >= self._window:
-            self._flush()
-            self._window_start, self._logged = now, 0
-        if self._logged >= self._lines:
-            if not self._suppressed:
-                # No later refusal may come to close the window: say it when it ends.
-                with contextlib.suppress(RuntimeError):
-                    asyncio.get_running_loop().call_later(
-                        self._window_start + self._window - now, self._flush
-                    )
-            self._suppressed += 1
-            return
-        self._logged += 1
-        log.warning(self._event, **fields)
-
-    def _flush(self) -> None:
-        if self._suppressed:
-            log.warning(
-                f"{self._event}_not_logged",
-                count=self._suppressed,
-                window_seconds=self._window,
-                reason=f"more than {self._lines} refusals in the window",
-            )
-            self._suppressed = 0
+        self(**fields)

@@ -164,7 +164,8 @@ ResponseKey = tuple[
     str,
     frozenset[str],
     bool,
-    frozenset[tuple[str, PreparedResource]] | frozenset[tuple[str, str]],
+    # What the stream holds: its content, or the shared response that stands for it.
+    frozenset[tuple[str, PreparedResource]] | frozenset[tuple[str, str]] | PreparedResponse,
 ]
 """What a response shared within a node class depends on: flavour, type URL, names
 subscribed, wildcard, and what the stream holds (name → resource for SotW, name →

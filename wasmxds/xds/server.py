@@ -28,6 +28,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from wasmxds import __version__
+from wasmxds.log import SampledLog
 from wasmxds.settings import HostPort
 from wasmxds.xds import wire
 from wasmxds.xds.delta import DeltaStream
@@ -45,6 +46,7 @@ from wasmxds.xds.snapshot import Snapshot
 from wasmxds.xds.sotw import SotwStream
 from wasmxds.xds.stream import DEFAULT_MAX_RESOURCE_NAMES, LimitExceeded, ProtocolError, Verdict
 from wasmxds.xds.types import ECDS, WILDCARD
+from wasmxds.xds.wakeup import Wakeup
 
 __all__ = ["Session", "TlsFiles", "XdsServer"]
 
@@ -101,7 +103,7 @@ class TlsFiles:
         )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Session:
     """One connected stream: who is on it, how it speaks, and its protocol state."""
 
@@ -116,11 +118,15 @@ class Session:
     """The SPIFFE ID the namespace was taken from (``--node-identity certificate``);
     None when the namespace is the node metadata's claim."""
     connected_at: float = field(default_factory=time.time)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: Wakeup = field(default_factory=Wakeup)
     sent_at: dict[str, float] = field(default_factory=dict)
     """Per type: when the response now awaiting an answer was sent (monotonic)."""
     woken_by: Snapshot | None = None
     """The snapshot whose publication woke this stream, until the writer has run."""
+    indexed_names: frozenset[str] = frozenset()
+    """The ECDS names the server's index holds this stream under."""
+    indexed_changes: int = -1
+    """``protocol.subscription_changes`` when the stream was last indexed."""
 
     @property
     def flavour(self) -> str:
@@ -183,6 +189,10 @@ class XdsServer:
             raise ValueError("node identity from certificates needs mutual TLS (a client CA)")
         self._node_identity = node_identity
         self._refusals = RefusalLog("xds.identity_refused")
+        # A fleet reconnecting is thousands of streams a second: a line for each was
+        # noise and a visible share of a new stream's CPU; the rest are counted.
+        self._connected_log = SampledLog(log, "xds.connected", what="new streams")
+        self._disconnected_log = SampledLog(log, "xds.disconnected", what="closed streams")
         self._address = address
         self._events: StreamEvents = events or NoEvents()
         self._events.watch_streams(self._connected_counts)
@@ -201,6 +211,8 @@ class XdsServer:
         self._by_node: dict[str, set[Session]] = {}
         self._services: list[grpc.GenericRpcHandler] = []
         self._ids = itertools.count(1)
+        self.streams_opened = 0
+        self.streams_closed = 0
         self._sotw_control_plane = _control_plane(_SOTW_CONTROL_PLANE)
         self._delta_control_plane = _control_plane(_DELTA_CONTROL_PLANE)
         self._server: grpc.aio.Server | None = None
@@ -226,6 +238,7 @@ class XdsServer:
         previous, self._snapshot = self._snapshot, snapshot
         snapshot.limit_memos_to(self._classes)
         if previous is not snapshot:
+            snapshot.inherit(previous)
             # Streams only compare against an old snapshot now; its memos are dead weight.
             previous.release()
         first = not self._has_snapshot.is_set()
@@ -334,16 +347,20 @@ class XdsServer:
                 if not holders:
                     del self._by_name[name]
 
-    def _index(self, session: Session, before: frozenset[str]) -> None:
-        after = session.ecds_names()
+    def _index(self, session: Session) -> None:
+        """Index the stream under what it now subscribes to (a publish wakes it for those)."""
+        session.indexed_changes = session.protocol.subscription_changes
+        before, after = session.indexed_names, session.ecds_names()
         if after != before:
             self._unindex(session, before - after)
             for name in after - before:
                 self._by_name.setdefault(name, set()).add(session)
+            session.indexed_names = after
         if session.watches_wildcard():
             self._wildcard.add(session)
 
     def _register(self, session: Session) -> None:
+        self.streams_opened += 1
         self._sessions[session.id] = session
         self._by_node.setdefault(session.node.id, set()).add(session)
         key = session.node.class_key
@@ -351,6 +368,7 @@ class XdsServer:
 
     def _forget(self, session: Session) -> None:
         if self._sessions.pop(session.id, None) is not None:
+            self.streams_closed += 1
             same_node = self._by_node[session.node.id]
             same_node.discard(session)
             if not same_node:
@@ -363,43 +381,55 @@ class XdsServer:
                 # Nothing per class outlives the class's last stream.
                 del self._classes[key]
                 self._snapshot.forget_class(key)
-        self._unindex(session, session.ecds_names())
+        self._unindex(session, session.indexed_names)
         self._wildcard.discard(session)
 
     def _handle(self, session: Session, request: Any, default_type: str) -> None:
         if default_type and not request.type_url:
             request.type_url = default_type
-        before = session.ecds_names()
-        # Only a NACK needs to know what it answers; ACKs are the hot path.
-        nack = request.HasField("error_detail")
-        answered = session.protocol.in_flight_names(request.type_url) if nack else ()
-        rejected = session.protocol.in_flight_versions(request.type_url) if nack else ()
-        verdict = session.protocol.handle(request)
-        if verdict is Verdict.ACK:
-            sent = session.sent_at.pop(request.type_url, None)
-            if sent is not None:
-                self._events.on_ack(request.type_url, time.monotonic() - sent)
-        elif verdict is Verdict.NACK:
-            session.sent_at.pop(request.type_url, None)
-            self._events.on_nack(request.type_url, answered)
-            if self._rejections is not None and rejected:
-                self._rejections.on_rejected(
-                    session.node, request.type_url, rejected, request.error_detail.message
-                )
-            log.warning(
-                "xds.nack",
-                node=session.node.id,
-                type_url=request.type_url,
-                nonce=request.response_nonce,
-                error=request.error_detail.message,
-            )
-        elif verdict is Verdict.STALE:
-            log.debug("xds.stale_nonce", node=session.node.id, nonce=request.response_nonce)
-        self._index(session, before)
+        protocol = session.protocol
+        if request.HasField("error_detail"):
+            self._handle_nack(session, request)
+        else:
+            verdict = protocol.handle(request)
+            if verdict is Verdict.ACK:
+                sent = session.sent_at.pop(request.type_url, None)
+                if sent is not None:
+                    self._events.on_ack(request.type_url, time.monotonic() - sent)
+            elif verdict is Verdict.STALE:
+                log.debug("xds.stale_nonce", node=session.node.id, nonce=request.response_nonce)
+        if session.indexed_changes != protocol.subscription_changes:
+            self._index(session)
         # Most requests are the ACK of a push: nothing follows from them, and
         # waking the writer for nothing costs as much as a push's own protocol work.
-        if not session.protocol.settled(self._snapshot):
+        if not protocol.settled(self._snapshot):
             session.wake.set()
+
+    def _handle_nack(self, session: Session, request: Any) -> None:
+        """A request with ``error_detail``: a NACK if it answers the response in flight."""
+        protocol = session.protocol
+        type_url = request.type_url
+        # What it answers must be read before the protocol forgets it.
+        answered = protocol.in_flight_names(type_url)
+        rejected = protocol.in_flight_versions(type_url)
+        verdict = protocol.handle(request)
+        if verdict is Verdict.STALE:
+            log.debug("xds.stale_nonce", node=session.node.id, nonce=request.response_nonce)
+        if verdict is not Verdict.NACK:
+            return
+        session.sent_at.pop(type_url, None)
+        self._events.on_nack(type_url, answered)
+        if self._rejections is not None and rejected:
+            self._rejections.on_rejected(
+                session.node, type_url, rejected, request.error_detail.message
+            )
+        log.warning(
+            "xds.nack",
+            node=session.node.id,
+            type_url=type_url,
+            nonce=request.response_nonce,
+            error=request.error_detail.message,
+        )
 
     async def _read_requests(self, context: _Context, session: Session, default_type: str) -> None:
         try:
@@ -411,16 +441,29 @@ class XdsServer:
         finally:
             session.wake.set()
 
-    async def _send(self, context: _Context, session: Session) -> None:
-        snapshot = self._snapshot
-        changed_at = session.woken_by.changed_at if session.woken_by is not None else None
-        session.woken_by = None
-        for type_url, payload in session.protocol.responses(snapshot):
-            await context.write(payload)
-            now = time.monotonic()
-            session.sent_at[type_url] = now
-            since_change = None if changed_at is None else now - changed_at
-            self._events.on_push(type_url, session.protocol.flavour, since_change)
+    async def _write(self, context: _Context, session: Session, reader: asyncio.Task[None]) -> None:
+        """The stream's writer: send what is due, sleep until woken, until the reader ends.
+
+        One loop rather than a coroutine per wake-up: it runs for every stream on
+        every push.
+        """
+        protocol, events, flavour = session.protocol, self._events, session.protocol.flavour
+        wake = session.wake
+        while True:
+            snapshot = self._snapshot
+            woken_by, session.woken_by = session.woken_by, None
+            changed_at = woken_by.changed_at if woken_by is not None else None
+            for type_url, payload in protocol.responses(snapshot):
+                await context.write(payload)
+                now = time.monotonic()
+                session.sent_at[type_url] = now
+                events.on_push(type_url, flavour, None if changed_at is None else now - changed_at)
+                # Not kept while the writer sleeps: a first response is the whole state.
+                del payload
+            if reader.done():
+                reader.result()
+                return
+            await wake.wait()
 
     async def _identify(self, context: _Context, node: Any) -> tuple[NodeInfo, SpiffeId | None]:
         """Who the stream's proxy is; aborts with PERMISSION_DENIED when its certificate
@@ -485,28 +528,21 @@ class XdsServer:
             verified=verified,
         )
         self._register(session)
-        log.info(
-            "xds.connected",
-            node=node.id,
-            namespace=node.namespace,
-            identity=str(verified) if verified else "metadata",
-            peer=session.peer,
-            flavour=session.flavour,
-            service=service,
-        )
         reader: asyncio.Task[None] | None = None
         try:
+            self._connected_log(
+                node=node.id,
+                namespace=node.namespace,
+                identity=str(verified) if verified else "metadata",
+                peer=session.peer,
+                flavour=session.flavour,
+                service=service,
+            )
             self._handle(session, first, default_type)
             reader = asyncio.create_task(
                 self._read_requests(context, session, default_type), name=f"xds.read.{session.id}"
             )
-            while True:
-                await self._send(context, session)
-                if reader.done():
-                    reader.result()
-                    return
-                await session.wake.wait()
-                session.wake.clear()
+            await self._write(context, session, reader)
         except LimitExceeded as exc:
             log.warning("xds.refused", node=node.id, peer=session.peer, reason=str(exc))
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
@@ -516,4 +552,4 @@ class XdsServer:
             if reader is not None:
                 reader.cancel()
             self._forget(session)
-            log.info("xds.disconnected", node=node.id, peer=session.peer)
+            self._disconnected_log(node=node.id, peer=session.peer)

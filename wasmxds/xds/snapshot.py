@@ -107,6 +107,11 @@ class Translation(Protocol):
         """Whether ``node`` gets the new version of ``name`` (False: its entry's ``previous``)."""
         ...
 
+    def steady(self, name: str) -> bool:
+        """Whether what ``name`` resolves to depends on no rollout: neither it nor the
+        plugin it overrides (``<name>~<label>``) is staged."""
+        ...
+
 
 class _Nothing:
     """The translation of an empty snapshot: no plugin, no listener."""
@@ -123,6 +128,9 @@ class _Nothing:
         return ()
 
     def on_new(self, name: str, node: NodeInfo) -> bool:
+        return True
+
+    def steady(self, name: str) -> bool:
         return True
 
 
@@ -225,6 +233,42 @@ class Snapshot:
     def forget_class(self, class_key: ClassKey) -> None:
         """Drop everything memoized for a class (its last stream is gone)."""
         self._classes.pop(class_key, None)
+
+    def inherit(self, previous: Snapshot) -> int:
+        """Take over what each live class resolved in ``previous`` for names whose entries
+        did not change; returns how many resolutions were carried.
+
+        A change to one plugin otherwise makes every class resolve every name again
+        (100 classes by 50 plugins: 5,000 targeting decisions, tens of milliseconds, on
+        each push). For a name no rollout touches in either snapshot, an unchanged
+        fingerprint (the plugin object and both resources) means the same decision
+        for every proxy, so the class gets the same face (active, no-op) of the new
+        entry. Names under a rollout are resolved afresh: an override's fingerprint
+        does not carry its plugin's step, and a rollout position means another thing
+        once the set of staged names changes.
+        """
+        carried = 0
+        for key, positions in previous._classes.items():
+            if self._live is not None and key not in self._live:
+                continue
+            for position, memo in positions.items():
+                faces: dict[str, PreparedResource] = {}
+                for name, resolved in memo.ecds.items():
+                    old, new = previous.ecds.get(name), self.ecds.get(name)
+                    if old is None or new is None or old.fingerprint != new.fingerprint:
+                        continue
+                    if not (self.translation.steady(name) and previous.translation.steady(name)):
+                        continue
+                    if resolved is old.active:
+                        faces[name] = new.active
+                    elif resolved is old.noop:
+                        faces[name] = new.noop
+                if faces:
+                    target = self._classes.setdefault(key, {}).setdefault(position, _ClassMemo())
+                    for name, face in faces.items():
+                        target.ecds.setdefault(name, face)
+                    carried += len(faces)
+        return carried
 
     def release(self) -> None:
         """Drop every memo, and make no more: a newer snapshot is current."""

@@ -27,6 +27,7 @@ Protocol decisions follow the xDS spec
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,9 @@ class TypeState(TypeStateBase):
     """One resource type on one SotW stream."""
 
     names: frozenset[str] = frozenset()
+    requested: list[str] = field(default_factory=list)
+    """``resource_names`` as the request that set ``names`` listed them: Envoy repeats
+    the list in every ACK, and comparing lists is cheaper than building a set."""
     held: dict[str, PreparedResource] = field(default_factory=dict)
     """What the client holds once every response sent so far is applied (optimistic,
     as in go-control-plane: counted when sent, corrected on NACK)."""
@@ -79,6 +83,7 @@ class TypeState(TypeStateBase):
 
     def drop_held(self, name: str) -> None:
         self.held.pop(name, None)
+        self.holding = None
 
     def references(self) -> frozenset[str]:
         return listener_references(self.held.values())
@@ -87,6 +92,8 @@ class TypeState(TypeStateBase):
 class SotwStream(StreamProtocol[TypeState]):
     """Protocol state of one SotW stream (ADS carries several types on it)."""
 
+    __slots__ = ()
+
     flavour = "sotw"
 
     def _new_state(self, type_url: str) -> TypeState:
@@ -94,6 +101,17 @@ class SotwStream(StreamProtocol[TypeState]):
 
     def handle(self, request: discovery_pb2.DiscoveryRequest) -> Verdict:
         """Apply one request to the stream state."""
+        state = self.types.get(request.type_url)
+        if (
+            state is not None
+            and state.in_flight
+            and request.response_nonce == state.in_flight
+            and request.resource_names == state.requested
+            and not request.HasField("error_detail")
+        ):
+            # The ACK of every push, for the same names: nothing else to look at.
+            self._acked(state, request.version_info)
+            return Verdict.ACK
         state = self._existing(request.type_url, len(request.resource_names))
         verdict = Verdict.UPDATE
         if state is None:
@@ -108,7 +126,16 @@ class SotwStream(StreamProtocol[TypeState]):
             return Verdict.STALE
         if state.in_flight and request.response_nonce == state.in_flight:
             verdict = self._answer(state, request, request.version_info)
-        names = frozenset(request.resource_names)
+        if request.resource_names == state.requested:
+            # The names (and with them the wildcard) are the previous request's.
+            if verdict is Verdict.ACK:
+                return verdict  # a plain ACK: what is left to send is unchanged
+            state.settled_on = None
+            return verdict
+        # Interned: every proxy of a class asks for the same names, and each read of
+        # the field makes new strings (interned strings still go when unused).
+        state.requested = [sys.intern(name) for name in request.resource_names]
+        names = frozenset(state.requested)
         wildcard = state.wildcard
         if "*" in names:
             state.wildcard, names = True, names - {"*"}
@@ -120,6 +147,8 @@ class SotwStream(StreamProtocol[TypeState]):
             state.names = names
         elif verdict is Verdict.ACK and state.wildcard == wildcard:
             return verdict  # a plain ACK: what is left to send is unchanged
+        if state.wildcard != wildcard or state.names is names:
+            self.subscription_changes += 1
         state.settled_on = None
         return verdict
 
@@ -128,6 +157,7 @@ class SotwStream(StreamProtocol[TypeState]):
             # The whole set is one unit: park that exact set until it changes.
             state.rejected_state = state.sent_version
             state.held = {}
+            state.holding = None
             return
         super()._reject(state)
 
@@ -144,6 +174,7 @@ class SotwStream(StreamProtocol[TypeState]):
             resume, state.resume_version = state.resume_version, ""
             if version == resume:
                 state.held = dict(desired)
+                state.holding = None
                 state.sent_version = state.acked_version = resume
                 return None
         elif version == held_version(state.held) and state.sent_version:
@@ -160,6 +191,7 @@ class SotwStream(StreamProtocol[TypeState]):
             pending = any(snapshot.is_pending(state.type_url, n) for n in state.names)
             if not pending and held_version(desired) == resume:
                 state.held = desired
+                state.holding = None
                 state.sent_version = state.acked_version = resume
                 return []
         wanted = []
@@ -212,9 +244,11 @@ class SotwStream(StreamProtocol[TypeState]):
     def _apply(self, state: TypeState, response: PreparedResponse) -> None:
         if state.type_url in FULL_STATE:
             state.held = {resource.name: resource for resource in response.sent}
+            state.holding = None
             return
         for resource in response.sent:
             state.held[resource.name] = resource
+        state.holding = None
 
     def _shared_key(self, state: TypeState) -> ResponseKey | None:
         """What the next ECDS response depends on, when nothing per stream is involved.
@@ -228,10 +262,11 @@ class SotwStream(StreamProtocol[TypeState]):
         if state.resume_version or state.type_url in FULL_STATE:
             return None
         # The snapshot keeps it per class, so the class is not part of the key.
+        holding = state.holding
         return (
             self.flavour,
             state.type_url,
             state.names,
             state.wildcard,
-            frozenset(state.held.items()),
+            frozenset(state.held.items()) if holding is None else holding,
         )

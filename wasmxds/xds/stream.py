@@ -51,8 +51,8 @@ __all__ = [
 DEFAULT_MAX_RESOURCE_NAMES = 1000
 # xDS has about a dozen resource types; an ADS stream never needs more.
 MAX_TYPES = 32
-# DiscoveryResponse.nonce and DeltaDiscoveryResponse.nonce share a field number.
-_NONCE = 5
+# DiscoveryResponse.nonce and DeltaDiscoveryResponse.nonce share a field number (5).
+_NONCE_TAG = wire.varint(5 << 3 | 2)
 
 NOTHING = PreparedResponse((), (), "", b"")
 """The shared answer "nothing to send": memoized like a response, never sent."""
@@ -110,6 +110,11 @@ class TypeStateBase:
     nacks: int = 0
     last_outcome: str = ""
     """"ack" or "nack": how the client answered the latest response it answered."""
+    holding: PreparedResponse | None = None
+    """Stands for what the client holds, in place of the holding itself, in the key of
+    a shared response: the last shared response sent, when everything held came from
+    shared responses (streams of one class that took the same ones hold the same).
+    None once anything else changed the holding: the key then lists it."""
     settled_on: Snapshot | None = None
     """The snapshot for which nothing is left to send (all of it sent, nothing held
     back), until a request other than a plain ACK changes the state. Lets the ACK
@@ -140,6 +145,18 @@ StateT = TypeVar("StateT", bound=TypeStateBase)
 class StreamProtocol(Generic[StateT]):
     """What every stream flavour shares: per-type state, nonces, the send loop."""
 
+    # Slots: a stream's objects are read on every push, and fewer of them (no
+    # instance dict) is less memory per proxy and less for the collector to walk.
+    __slots__ = (
+        "_control_plane",
+        "_nonce",
+        "_send_order",
+        "max_names",
+        "node",
+        "subscription_changes",
+        "types",
+    )
+
     flavour = ""
     """"sotw" or "delta" (metric label; keeps the flavours' shared responses apart)."""
 
@@ -153,8 +170,12 @@ class StreamProtocol(Generic[StateT]):
         self.node = node
         self.types: dict[str, StateT] = {}
         self.max_names = max_names
+        self.subscription_changes = 0
+        """Counts changes of what the stream subscribes to (types, names, wildcards), so
+        the server re-indexes the stream only when it moved."""
         self._control_plane = control_plane
         self._nonce = 0
+        self._send_order: list[str] = []
 
     # -- what the flavours define -------------------------------------------
 
@@ -216,6 +237,8 @@ class StreamProtocol(Generic[StateT]):
                 f" xDS has far fewer, and wasmxds allows at most {MAX_TYPES} on one stream"
             )
         state = self.types[type_url] = self._new_state(type_url)
+        self._send_order = sorted(self.types, key=send_rank)
+        self.subscription_changes += 1
         return state
 
     def _answer(
@@ -230,14 +253,19 @@ class StreamProtocol(Generic[StateT]):
             state.nacks += 1
             state.last_error = request.error_detail.message
             self._reject(state)
-            verdict = Verdict.NACK
-        else:
-            state.acked_version = acked_version
-            verdict = Verdict.ACK
-        state.last_outcome = verdict.value
+            state.last_outcome = "nack"
+            state.in_flight = ""
+            state.in_flight_resources = ()
+            return Verdict.NACK
+        self._acked(state, acked_version)
+        return Verdict.ACK
+
+    @staticmethod
+    def _acked(state: StateT, acked_version: str) -> None:
+        state.acked_version = acked_version
+        state.last_outcome = "ack"
         state.in_flight = ""
         state.in_flight_resources = ()
-        return verdict
 
     def accepted_version(self, type_url: str, name: str) -> str | None:
         """The version of ``name`` the client has accepted, as far as this stream knows:
@@ -304,14 +332,27 @@ class StreamProtocol(Generic[StateT]):
         self._nonce += 1
         return str(self._nonce)
 
-    def _send(self, state: StateT, response: PreparedResponse) -> bytes:
+    def _send(self, state: StateT, response: PreparedResponse, *, shared: bool = False) -> bytes:
         self._apply(state, response)
+        # After _apply, which forgets the old token: every stream that sends this
+        # shared response from the same holding ends up holding the same.
+        state.holding = response if shared else None
         nonce = self._next_nonce()
         state.in_flight = state.last_nonce = nonce
         state.in_flight_resources = response.sent
         state.sent_version = response.version
-        nonce_field = wire.string_field(_NONCE, nonce)
-        return response.head + nonce_field + response.tail + self._control_plane
+        encoded = nonce.encode()
+        # A nonce is a counter's digits: its length always fits in one varint byte.
+        return b"".join(
+            (
+                response.head,
+                _NONCE_TAG,
+                wire.varint(len(encoded)),
+                encoded,
+                response.tail,
+                self._control_plane,
+            )
+        )
 
     def next_response(self, type_url: str, snapshot: Snapshot) -> bytes | None:
         """The serialized response to send now for ``type_url``, if any."""
@@ -329,16 +370,19 @@ class StreamProtocol(Generic[StateT]):
             # (see _shared_key): every stream of the class in that state reuses it.
             shared = self._response(state, snapshot) or NOTHING
             snapshot.share_response(self.node, key, shared)
-        return None if shared is NOTHING else self._send(state, shared)
+        return None if shared is NOTHING else self._send(state, shared, shared=True)
 
     def settled(self, snapshot: Snapshot) -> bool:
         """True when :meth:`responses` would send nothing now for ``snapshot``."""
-        return all(s.in_flight or s.settled_on is snapshot for s in self.types.values())
+        for state in self.types.values():
+            if not state.in_flight and state.settled_on is not snapshot:
+                return False
+        return True
 
     def responses(self, snapshot: Snapshot) -> list[tuple[str, bytes]]:
         """Everything to send now as (type URL, payload), clusters first (make before break)."""
         out = []
-        for type_url in sorted(self.types, key=send_rank):
+        for type_url in self._send_order:
             payload = self.next_response(type_url, snapshot)
             if payload is not None:
                 out.append((type_url, payload))

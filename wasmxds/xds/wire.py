@@ -15,6 +15,8 @@ _LENGTH_DELIMITED = 2
 
 
 def varint(value: int) -> bytes:
+    if value < 0x80:  # tags, and the lengths of nonces and versions
+        return _SMALL[value]
     out = bytearray()
     while True:
         low = value & 0x7F
@@ -34,3 +36,6 @@ def length_delimited(field_number: int, payload: bytes) -> bytes:
 def string_field(field_number: int, value: str) -> bytes:
     """A string field; empty strings are omitted, as proto3 serializers do."""
     return length_delimited(field_number, value.encode()) if value else b""
+
+
+_SMALL = tuple(bytes((n,)) for n in range(0x80))
