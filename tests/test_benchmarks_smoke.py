@@ -155,7 +155,8 @@ def test_runner_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     ]
     for result in results:
         assert result["sync_missing"] == result["push_missing"] == result["storm_never"] == 0
-        assert result["sync_cpu_s"] > 0
+        # Measured (not NaN); /proc counts 10 ms ticks, so 20 streams may take "0".
+        assert 0 <= result["sync_cpu_s"] < 60
     storms = {r["repeat"]: r["storm_s"] for r in results if r["server"] == "wasmxds"}
     assert storms[0] > 0  # the storm runs once, in the first repeat
     assert storms[1] != storms[1]  # NaN: not measured again
