@@ -36,7 +36,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from benchmarks.floor import FloorServer
 from benchmarks.loadgen import ECDS_TYPE, FleetConfig
-from benchmarks.micro import snapshot_for
+from benchmarks.micro import ack_for, snapshot_for
 from benchmarks.run import CASES, NAMESPACE, Case
 from wasmxds.metrics import Metrics, StreamMetrics
 from wasmxds.settings import HostPort
@@ -82,16 +82,6 @@ async def _quiet(contexts: Sequence[_Context], written: int) -> None:
             return
 
 
-def _ack(context: _Context, names: Sequence[str]) -> discovery_pb2.DiscoveryRequest:
-    response = discovery_pb2.DiscoveryResponse.FromString(context.last)
-    return discovery_pb2.DiscoveryRequest(
-        type_url=response.type_url,
-        version_info=response.version_info,
-        resource_names=names,
-        response_nonce=response.nonce,
-    )
-
-
 async def measure(server_name: str, nodes: int, case: Case, pushes: int) -> list[float]:
     """µs of process CPU per stream, one figure per push."""
     fleet = FleetConfig(
@@ -126,7 +116,7 @@ async def measure(server_name: str, nodes: int, case: Case, pushes: int) -> list
     tasks = [asyncio.create_task(handler(None, context)) for context in contexts]
     await _quiet(contexts, 1)
     for context in contexts:
-        context.requests.put_nowait(_ack(context, case.names))
+        context.requests.put_nowait(ack_for(False, context.last, case.names))
     await _quiet(contexts, 1)
     gc.collect()
     figures = []
@@ -139,7 +129,8 @@ async def measure(server_name: str, nodes: int, case: Case, pushes: int) -> list
             floor.push(push)
         await _quiet(contexts, push + 1)
         spent = time.process_time() - started
-        acks = [_ack(context, case.names) for context in contexts]  # the clients' work
+        # The clients' work: outside the measured time.
+        acks = [ack_for(False, context.last, case.names) for context in contexts]
         started = time.process_time()
         for context, ack in zip(contexts, acks, strict=True):
             context.requests.put_nowait(ack)

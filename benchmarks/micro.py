@@ -37,7 +37,7 @@ from wasmxds.xds.node import NodeInfo, node_info_from_proto
 from wasmxds.xds.snapshot import Snapshot
 from wasmxds.xds.sotw import SotwStream
 
-__all__ = ["main", "snapshot_for"]
+__all__ = ["ack_for", "main", "snapshot_for"]
 
 # file:// modules are passed through; the delivery is never asked for a path.
 _DELIVERY = LocalDelivery(Path("/cache"), Path("/cache"))
@@ -111,7 +111,7 @@ def measure(nodes: int, case: Case, delta: bool, pad: int) -> list[tuple[str, fl
         lambda: payloads.extend(s.responses(first_snapshot) for s in streams),
         rows,
     )
-    acks = [_ack(delta, p[0][1], case.names) for p in payloads]
+    acks = [ack_for(delta, p[0][1], case.names) for p in payloads]
     _timed(
         "handle(ACK)",
         nodes,
@@ -125,7 +125,7 @@ def measure(nodes: int, case: Case, delta: bool, pad: int) -> list[tuple[str, fl
         lambda: payloads.extend(s.responses(second_snapshot) for s in streams),
         rows,
     )
-    acks = [_ack(delta, p[0][1], case.names) for p in payloads if p]
+    acks = [ack_for(delta, p[0][1], case.names) for p in payloads if p]
     _timed(
         "handle(ACK) of the push",
         nodes,
@@ -196,7 +196,8 @@ def _each(streams: Sequence[Any], requests: Sequence[Any]) -> None:
         stream.handle(request)
 
 
-def _ack(delta: bool, payload: bytes, names: Sequence[str]) -> Any:
+def ack_for(delta: bool, payload: bytes, names: Sequence[str]) -> Any:
+    """The request an Envoy sends to accept ``payload`` (a serialized response)."""
     if delta:
         response = discovery_pb2.DeltaDiscoveryResponse.FromString(payload)
         return discovery_pb2.DeltaDiscoveryRequest(

@@ -808,6 +808,28 @@ def _figure(runs: Sequence[Result], attr: str) -> Any:
     return _median(values)
 
 
+def _side_by_side(
+    project: Sequence[Result], floor: Sequence[Result], attr: str
+) -> tuple[Any, Any, str]:
+    """``attr`` of each server (medians over runs; NaN with no run) and their ratio text."""
+    p = _figure(project, attr) if project else float("nan")
+    f = _figure(floor, attr) if floor else float("nan")
+    ratio = "-"
+    if isinstance(p, float) and isinstance(f, float) and f > 0 and p == p and f == f:
+        ratio = f"{p / f:.2f}"
+    return p, f, ratio
+
+
+def _run_ratios(project: Sequence[Result], floor: Sequence[Result], attr: str) -> list[float]:
+    """wasmxds/floor for ``attr``, one per repeat both servers ran."""
+    pairs = {r.repeat: r for r in floor}
+    return [
+        getattr(r, attr) / getattr(pairs[r.repeat], attr)
+        for r in project
+        if r.repeat in pairs and getattr(pairs[r.repeat], attr) > 0
+    ]
+
+
 def collapse(results: Sequence[Result]) -> list[Result]:
     """One result per server and measurement: medians over repeated runs (plots, staging)."""
     groups: dict[tuple[str, str, str, int, str], list[Result]] = {}
@@ -843,21 +865,11 @@ def table(results: Sequence[Result]) -> str:
         out.append(f"{'':32}{'wasmxds':>12}{'floor':>12}{'ratio':>8}")
         project, floor = by_server.get("wasmxds", []), by_server.get("floor", [])
         for label, attr, fmt in _ROWS:
-            p = _figure(project, attr) if project else float("nan")
-            f = _figure(floor, attr) if floor else float("nan")
-            ratio = "-"
-            if isinstance(p, float) and isinstance(f, float) and f > 0 and p == p and f == f:
-                ratio = f"{p / f:.2f}"
+            p, f, ratio = _side_by_side(project, floor, attr)
             out.append(f"{label:32}{_cell(p, fmt):>12}{_cell(f, fmt):>12}{ratio:>8}")
         if runs > 1 and project and floor:
-            pairs = {r.repeat: r for r in floor}
             for label, attr in _SPREAD:
-                ratios = [
-                    getattr(r, attr) / getattr(pairs[r.repeat], attr)
-                    for r in project
-                    if r.repeat in pairs and getattr(pairs[r.repeat], attr) > 0
-                ]
-                shown = ", ".join(f"{x:.2f}" for x in ratios)
+                shown = ", ".join(f"{x:.2f}" for x in _run_ratios(project, floor, attr))
                 out.append(f"  ratio per run, {label}: {shown}")
         for r in (*project, *floor):
             notes = []
@@ -890,31 +902,17 @@ def markdown(results: Sequence[Result]) -> str:
         for label, attr, fmt in _ROWS:
             row = [label.strip()]
             for nodes in sizes:
-                p = (
-                    _figure(cells.get((nodes, "wasmxds"), []), attr)
-                    if (nodes, "wasmxds") in cells
-                    else float("nan")
+                p, f, ratio = _side_by_side(
+                    cells.get((nodes, "wasmxds"), []), cells.get((nodes, "floor"), []), attr
                 )
-                f = (
-                    _figure(cells.get((nodes, "floor"), []), attr)
-                    if (nodes, "floor") in cells
-                    else float("nan")
-                )
-                ratio = "-"
-                if isinstance(p, float) and isinstance(f, float) and f > 0 and p == p and f == f:
-                    ratio = f"{p / f:.2f}"
                 row += [_cell(p, fmt), _cell(f, fmt), ratio]
             out.append("| " + " | ".join(row) + " |")
         for label, attr in _SPREAD:
             row = [f"{label}: ratio per run"]
             for nodes in sizes:
-                project = cells.get((nodes, "wasmxds"), [])
-                pairs = {r.repeat: r for r in cells.get((nodes, "floor"), [])}
-                ratios = [
-                    getattr(r, attr) / getattr(pairs[r.repeat], attr)
-                    for r in project
-                    if r.repeat in pairs and getattr(pairs[r.repeat], attr) > 0
-                ]
+                ratios = _run_ratios(
+                    cells.get((nodes, "wasmxds"), []), cells.get((nodes, "floor"), []), attr
+                )
                 row += ["", "", " / ".join(f"{x:.2f}" for x in ratios) or "-"]
             out.append("| " + " | ".join(row) + " |")
     return "\n".join(out)

@@ -389,15 +389,15 @@ class XdsServer:
             request.type_url = default_type
         protocol = session.protocol
         if request.HasField("error_detail"):
-            self._handle_nack(session, request)
+            verdict = self._handle_nack(session, request)
         else:
             verdict = protocol.handle(request)
             if verdict is Verdict.ACK:
                 sent = session.sent_at.pop(request.type_url, None)
                 if sent is not None:
                     self._events.on_ack(request.type_url, time.monotonic() - sent)
-            elif verdict is Verdict.STALE:
-                log.debug("xds.stale_nonce", node=session.node.id, nonce=request.response_nonce)
+        if verdict is Verdict.STALE:
+            log.debug("xds.stale_nonce", node=session.node.id, nonce=request.response_nonce)
         if session.indexed_changes != protocol.subscription_changes:
             self._index(session)
         # Most requests are the ACK of a push: nothing follows from them, and
@@ -405,7 +405,7 @@ class XdsServer:
         if not protocol.settled(self._snapshot):
             session.wake.set()
 
-    def _handle_nack(self, session: Session, request: Any) -> None:
+    def _handle_nack(self, session: Session, request: Any) -> Verdict:
         """A request with ``error_detail``: a NACK if it answers the response in flight."""
         protocol = session.protocol
         type_url = request.type_url
@@ -413,10 +413,8 @@ class XdsServer:
         answered = protocol.in_flight_names(type_url)
         rejected = protocol.in_flight_versions(type_url)
         verdict = protocol.handle(request)
-        if verdict is Verdict.STALE:
-            log.debug("xds.stale_nonce", node=session.node.id, nonce=request.response_nonce)
         if verdict is not Verdict.NACK:
-            return
+            return verdict
         session.sent_at.pop(type_url, None)
         self._events.on_nack(type_url, answered)
         if self._rejections is not None and rejected:
@@ -430,6 +428,7 @@ class XdsServer:
             nonce=request.response_nonce,
             error=request.error_detail.message,
         )
+        return verdict
 
     async def _read_requests(self, context: _Context, session: Session, default_type: str) -> None:
         try:
